@@ -1,0 +1,71 @@
+"""Joint image + mask augmentation for segmentation training.
+
+Geometric transforms (flips, 90-degree rotations, elastic deformation) move
+image and mask together; the mask is resampled nearest-neighbour and pixels
+that come from outside the image become "unannotated". Intensity jitter
+touches the image only. Elastic deformation is torchvision's
+``transforms.v2.ElasticTransform``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..metrics.segmentation import IGNORE_INDEX
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations to apply and how strongly.
+
+    Attributes:
+        flips: random horizontal and vertical flips.
+        rot90: random multiples of 90-degree rotation (square crops only).
+        intensity: strength of brightness/contrast/gamma jitter (0 turns it off).
+        elastic_p: probability of an elastic deformation per sample.
+        elastic_alpha: displacement magnitude in pixels.
+        elastic_sigma: smoothness of the displacement field.
+    """
+
+    flips: bool = True
+    rot90: bool = True
+    intensity: float = 0.1
+    elastic_p: float = 0.3
+    elastic_alpha: float = 30.0
+    elastic_sigma: float = 5.0
+
+
+def augment_pair(
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a ``(C, H, W)`` float image and its ``(H, W)`` int64 mask together."""
+    if cfg.flips:
+        if torch.rand(()) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        if torch.rand(()) < 0.5:
+            x, y = x.flip(-2), y.flip(-2)
+    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
+        k = int(torch.randint(0, 4, ()))
+        if k:
+            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+    if cfg.elastic_p > 0 and torch.rand(()) < cfg.elastic_p:
+        t = v2.ElasticTransform(
+            alpha=cfg.elastic_alpha,
+            sigma=cfg.elastic_sigma,
+            fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX},
+        )
+        x, y = t(tv_tensors.Image(x), tv_tensors.Mask(y))
+        x, y = x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)
+    if cfg.intensity > 0:
+        s = cfg.intensity
+        contrast = 1 + (torch.rand(()) * 2 - 1) * s
+        brightness = (torch.rand(()) * 2 - 1) * s
+        gamma = torch.exp((torch.rand(()) * 2 - 1) * s)
+        mean = x.mean()
+        x = (x - mean) * contrast + mean + brightness
+        x = x.clamp_min(0) ** gamma
+    return x.contiguous(), y.contiguous()

@@ -1,0 +1,180 @@
+"""Training pairs from arrays and folders, and the torch Dataset that crops and augments them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..metrics.segmentation import IGNORE_INDEX
+from .augment import AugmentConfig, augment_pair
+from .image_io import ImageReadError, list_images, read_image, read_mask
+from .normalize import normalize_image, to_channels_first
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabeledImage:
+    """One training pair: a raw image and its class-index mask.
+
+    ``mask`` holds class indices, :data:`IGNORE_INDEX` where nothing is annotated.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    name: str = ""
+    rgb: bool | None = None
+
+    def __post_init__(self) -> None:
+        spatial = self.image.shape[:2] if self._is_rgb() else self.image.shape[-2:]
+        if self.image.ndim not in (2, 3) or tuple(self.mask.shape) != tuple(spatial):
+            raise ValueError(
+                f"{self.name or 'image'}: mask shape {self.mask.shape} does not match "
+                f"image shape {self.image.shape}; each mask must cover its image pixel for pixel"
+            )
+
+    def _is_rgb(self) -> bool:
+        if self.rgb is not None:
+            return self.rgb
+        return self.image.ndim == 3 and self.image.shape[-1] in (3, 4)
+
+
+def sparse_to_classes(labels: np.ndarray) -> np.ndarray:
+    """Sparse annotation convention: label 0 = not annotated, label k = class k-1."""
+    labels = np.asarray(labels).astype(np.int64)
+    return np.where(labels == 0, IGNORE_INDEX, labels - 1)
+
+
+def pairs_from_folders(
+    images_dir: str | os.PathLike,
+    masks_dir: str | os.PathLike,
+    value_map: Mapping[int, int] | None = None,
+    sparse: bool = False,
+) -> list[LabeledImage]:
+    """Pair images and masks whose file names match (``a.png`` with ``a.png``/``a.tif``/``a_mask.png``).
+
+    Images without a mask are skipped with a warning; no pair at all is an error.
+    """
+    masks = {p.stem: p for p in list_images(masks_dir)}
+    pairs = []
+    skipped = []
+    for img_path in list_images(images_dir):
+        mask_path = masks.get(img_path.stem) or masks.get(f"{img_path.stem}_mask") or masks.get(
+            f"{img_path.stem}_labels"
+        )
+        if mask_path is None:
+            skipped.append(img_path.name)
+            continue
+        mask = read_mask(mask_path, value_map)
+        if sparse:
+            mask = sparse_to_classes(mask)
+        pairs.append(LabeledImage(read_image(img_path), mask, name=img_path.name))
+    if skipped:
+        log.warning("no mask found for %d image(s): %s", len(skipped), ", ".join(skipped[:5]))
+    if not pairs:
+        raise ImageReadError(
+            f"no image in {images_dir} has a mask of the same name in {masks_dir}; "
+            "name masks like their images (a.png -> a.png, a.tif or a_mask.png)"
+        )
+    return pairs
+
+
+def split_pairs(
+    pairs: Sequence[LabeledImage], val_fraction: float, seed: int = 0
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """Split into (train, validation); at least one of each when there are two or more pairs."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    n = len(pairs)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val = [pairs[i] for i in sorted(order[:n_val])]
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def class_frequencies(pairs: Sequence[LabeledImage], num_classes: int) -> np.ndarray:
+    """Fraction of annotated pixels of each class."""
+    counts = np.zeros(num_classes, np.int64)
+    for p in pairs:
+        m = p.mask[(p.mask >= 0) & (p.mask < num_classes)]
+        counts += np.bincount(m.ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1)
+
+
+class SegmentationDataset(Dataset):
+    """Random crops of normalised training pairs, augmented, as ``(x, y)`` tensors.
+
+    Args:
+        pairs: the training pairs.
+        in_channels: channels the model takes.
+        normalization: the model's intensity normalisation (see ``normalize_image``).
+        crop_size: square crop edge; smaller images are padded (mask padding is ignored).
+        samples_per_epoch: dataset length (crops are random, so this sets epoch size).
+        augment: augmentation settings, or None for plain crops.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[LabeledImage],
+        in_channels: int,
+        normalization: Mapping[str, Any],
+        crop_size: int = 256,
+        samples_per_epoch: int | None = None,
+        augment: AugmentConfig | None = None,
+    ) -> None:
+        if not pairs:
+            raise ValueError("no training pairs given")
+        self.crop_size = crop_size
+        self.augment = augment
+        self.samples_per_epoch = samples_per_epoch or len(pairs)
+        self.images = []
+        self.masks = []
+        for p in pairs:
+            chw = to_channels_first(p.image, in_channels, rgb=p._is_rgb())
+            chw = normalize_image(chw, normalization, source_dtype=p.image.dtype)
+            self.images.append(torch.from_numpy(np.ascontiguousarray(chw)))
+            self.masks.append(torch.from_numpy(np.asarray(p.mask, np.int64)))
+        # Sample images in proportion to their annotated pixels (sparse strokes weigh less).
+        annotated = np.array([max(int((m >= 0).sum()), 1) for m in self.masks], float)
+        self.weights = torch.from_numpy(annotated / annotated.sum())
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = int(torch.multinomial(self.weights, 1)) if len(self.images) > 1 else 0
+        x, y = self.images[i], self.masks[i]
+        x, y = _random_crop(x, y, self.crop_size)
+        if self.augment is not None:
+            x, y = augment_pair(x, y, self.augment)
+        return x, y
+
+
+def _random_crop(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    h, w = y.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
+        y = F.pad(y, (0, pw, 0, ph), value=IGNORE_INDEX)
+        h, w = y.shape
+    # Prefer crops that contain annotation (sparse labels): a few tries, then accept.
+    for _ in range(10):
+        top = int(torch.randint(0, h - size + 1, ()))
+        left = int(torch.randint(0, w - size + 1, ()))
+        yc = y[top : top + size, left : left + size]
+        if (yc >= 0).any():
+            break
+    return x[:, top : top + size, left : left + size], yc

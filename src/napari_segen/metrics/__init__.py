@@ -1,0 +1,1 @@
+"""Segmentation scores and image-quality metrics (no Qt, no napari)."""

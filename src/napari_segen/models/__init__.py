@@ -1,0 +1,35 @@
+"""Architectures (U-Net, FCN, pix2pix), the model registry and model files."""
+
+from .model_file import (
+    LoadedModel,
+    ModelFileError,
+    ModelSpec,
+    load_model,
+    read_spec,
+    save_model,
+)
+from .registry import build_model, list_models, register_model
+
+DEFAULT_MODEL_NAME = "isbi-membrane-unet"
+
+
+def default_model_path():
+    """Path of the bundled default model (a U-Net trained on ISBI 2012 membranes)."""
+    from importlib.resources import files
+
+    return files("napari_segen.models").joinpath("default", f"{DEFAULT_MODEL_NAME}.safetensors")
+
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "LoadedModel",
+    "ModelFileError",
+    "ModelSpec",
+    "build_model",
+    "default_model_path",
+    "list_models",
+    "load_model",
+    "read_spec",
+    "register_model",
+    "save_model",
+]
