@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ def pairs_from_folders(
     value_map: Mapping[int, int] | None = None,
     sparse: bool = False,
 ) -> list[LabeledImage]:
-    """Pair images and masks whose file names match (``a.png`` with ``a.png``/``a.tif``/``a_mask.png``).
+    """Pair images and masks by name (``a.png`` with ``a.png``, ``a.tif`` or ``a_mask.png``).
 
     Images without a mask are skipped with a warning; no pair at all is an error.
     """
@@ -68,8 +67,10 @@ def pairs_from_folders(
     pairs = []
     skipped = []
     for img_path in list_images(images_dir):
-        mask_path = masks.get(img_path.stem) or masks.get(f"{img_path.stem}_mask") or masks.get(
-            f"{img_path.stem}_labels"
+        mask_path = (
+            masks.get(img_path.stem)
+            or masks.get(f"{img_path.stem}_mask")
+            or masks.get(f"{img_path.stem}_labels")
         )
         if mask_path is None:
             skipped.append(img_path.name)
@@ -104,6 +105,30 @@ def split_pairs(
     return train, val
 
 
+def split_image_region(
+    pair: LabeledImage, val_fraction: float
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """Hold out the bottom ``val_fraction`` of one image's rows for validation.
+
+    For a single annotated image: train on the top part, validate on the bottom
+    strip. Returns ``([pair], [])`` when the fraction is 0, the strip would be
+    thinner than 32 rows, or either part has no annotation.
+    """
+    h = pair.mask.shape[0]
+    n_val = int(round(h * val_fraction))
+    if val_fraction <= 0 or n_val < 32 or h - n_val < 32:
+        return [pair], []
+    cut = h - n_val
+    img = pair.image
+    top_mask, bottom_mask = pair.mask[:cut], pair.mask[cut:]
+    if not ((top_mask >= 0).any() and (bottom_mask >= 0).any()):
+        return [pair], []
+    name = pair.name or "image"
+    train = LabeledImage(img[:cut], top_mask, f"{name} (top {cut} rows)", pair.rgb)
+    val = LabeledImage(img[cut:], bottom_mask, f"{name} (bottom {n_val} rows)", pair.rgb)
+    return [train], [val]
+
+
 def class_frequencies(pairs: Sequence[LabeledImage], num_classes: int) -> np.ndarray:
     """Fraction of annotated pixels of each class."""
     counts = np.zeros(num_classes, np.int64)
@@ -123,6 +148,11 @@ class SegmentationDataset(Dataset):
         crop_size: square crop edge; smaller images are padded (mask padding is ignored).
         samples_per_epoch: dataset length (crops are random, so this sets epoch size).
         augment: augmentation settings, or None for plain crops.
+        seed: when given, sample ``index`` of epoch ``e`` is drawn from its own
+            generator seeded by ``(seed, e, index)``: crops do not depend on
+            which process or loader worker draws them, so a ``DistributedSampler``
+            splits an epoch between ranks and a resumed run repeats the same
+            crops. None: the global torch RNG.
     """
 
     def __init__(
@@ -133,12 +163,15 @@ class SegmentationDataset(Dataset):
         crop_size: int = 256,
         samples_per_epoch: int | None = None,
         augment: AugmentConfig | None = None,
+        seed: int | None = None,
     ) -> None:
         if not pairs:
             raise ValueError("no training pairs given")
         self.crop_size = crop_size
         self.augment = augment
         self.samples_per_epoch = samples_per_epoch or len(pairs)
+        self.seed = seed
+        self.epoch = 0
         self.images = []
         self.masks = []
         for p in pairs:
@@ -153,7 +186,18 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops are drawn (with ``seed``: each epoch its own crops)."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.seed is None:
+            return self._sample()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + index) % 2**63)
+            return self._sample()
+
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         i = int(torch.multinomial(self.weights, 1)) if len(self.images) > 1 else 0
         x, y = self.images[i], self.masks[i]
         x, y = _random_crop(x, y, self.crop_size)

@@ -22,7 +22,9 @@ def auto_class_weights(frequencies: np.ndarray) -> list[float]:
 class SegmentationLoss(nn.Module):
     """``CE(weighted) + dice_weight * (1 - soft Dice)``, both ignoring unannotated pixels."""
 
-    def __init__(self, class_weights: Sequence[float] | None = None, dice_weight: float = 0.0) -> None:
+    def __init__(
+        self, class_weights: Sequence[float] | None = None, dice_weight: float = 0.0
+    ) -> None:
         super().__init__()
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", w, persistent=False)
