@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..utils.atomic import atomic_path, check_writable
 
+    from ..utils.devices import resolve_device
+
+    resolve_device(args.device)  # fail before any work on a bad device
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         write_labels(dest, result.labels, overwrite=args.overwrite)
         if result.probabilities is not None:
             with atomic_path(out_dir / f"{f.stem}_probs.tif", args.overwrite) as tmp:
-                tifffile.imwrite(tmp, result.probabilities)
+                tifffile.imwrite(tmp, result.probabilities, photometric="minisblack")
         if not args.quiet:
             print(f"{f} -> {dest}")
     return 0

@@ -141,5 +141,5 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
                 raise ValueError("PNG holds 2D labels below 65536; save stacks or larger ids as .tif")
             Image.fromarray(data).save(tmp, format="PNG")
         else:
-            tifffile.imwrite(tmp, data, compression="zlib")
+            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
     return path

@@ -68,8 +68,8 @@ def iter_predict(
     *,
     rgb: bool | None = None,
     tile_size: int | None = 256,
-    overlap: int = 64,
-    halo: int = 16,
+    overlap: int | None = None,
+    halo: int | None = None,
     batch_size: int = 4,
     device: str | torch.device = "auto",
     return_probabilities: bool = False,
@@ -82,8 +82,9 @@ def iter_predict(
             read one slice at a time).
         rgb: whether the last axis is colour; guessed from the shape when None.
         tile_size: tile edge in pixels; None segments each slice whole.
-        overlap: pixels shared by neighbouring tiles.
-        halo: tile-border pixels discarded where tiles meet (see ``tiling``).
+        overlap: pixels shared by neighbouring tiles (default: a quarter tile).
+        halo: tile-border pixels discarded where tiles meet (default: a quarter
+            of the overlap; see ``tiling``).
         batch_size: tiles per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         return_probabilities: also return per-class probabilities.
@@ -94,7 +95,12 @@ def iter_predict(
     multiple = _size_multiple(module)
     h, w = image.shape[len(leading) : len(leading) + 2]
     hp, wp = round_up(h, multiple), round_up(w, multiple)
-    layout = plan_tiles((hp, wp), tile_size or max(hp, wp), overlap, halo, multiple)
+    tile = tile_size or max(hp, wp)
+    if overlap is None:
+        overlap = tile // 4
+    if halo is None:
+        halo = overlap // 4
+    layout = plan_tiles((hp, wp), tile, overlap, halo, multiple)
     n_slices = int(np.prod(leading)) if leading else 1
     total = layout.num_tiles * n_slices
     ncls = model.spec.num_classes

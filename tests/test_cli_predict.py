@@ -1,0 +1,96 @@
+"""``napari-segen predict`` on files and folders, and its errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_segen.cli import main
+
+
+@pytest.fixture
+def image_folder(tmp_path, blobs_image):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img, _ = blobs_image
+    Image.fromarray(img).save(folder / "a.png")
+    Image.fromarray((img.astype(np.uint16) * 200)).save(folder / "b.png")  # 16-bit
+    Image.fromarray(np.stack([img] * 3, -1)).save(folder / "c.png")  # RGB
+    (folder / "notes.txt").write_text("ignored")
+    return folder
+
+
+def test_predict_folder_writes_same_names(tmp_path, image_folder, tiny_model_file, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q",
+               "--tile-size", "64", "--probabilities"])
+    assert rc == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
+    lab = np.asarray(Image.open(out / "a.png"))
+    assert lab.shape == (96, 80) and set(np.unique(lab)) <= {0, 1}
+    assert (out / "a_probs.tif").is_file()
+
+
+def test_predict_never_overwrites_without_flag(tmp_path, image_folder, tiny_model_file, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"user file")
+    rc = main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "a.png").read_bytes() == b"user file"
+    assert not (out / "b.png").exists()  # refused before doing any work
+    assert main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q",
+                 "--overwrite"]) == 0
+    assert (out / "a.png").read_bytes() != b"user file"
+
+
+def test_predict_stack_tif(tmp_path, tiny_model_file):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.random.default_rng(0).integers(0, 255, (3, 40, 50), np.uint8))
+    assert main(["predict", str(tmp_path / "stack.tif"), "-m", str(tiny_model_file), "-o",
+                 str(tmp_path / "o"), "-q"]) == 0
+    assert tifffile.imread(tmp_path / "o" / "stack.tif").shape == (3, 40, 50)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["predict", "missing.png", "--out", "o"], "input not found: missing.png"),
+        (["predict", "{empty}", "--out", "o"], "no image files"),
+        (["predict", "{img}", "-m", "nope.safetensors", "--out", "o"], "model file not found"),
+        (["predict", "{img}", "-m", "{bad}", "--out", "o"], "not a valid safetensors file"),
+        (["predict", "{img}", "--device", "cuda:7", "--out", "o"], "not available"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, image_folder, tiny_model_file, capsys,
+                                             monkeypatch, args, message):
+    import torch
+
+    if "cuda:7" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    shutil.copy(tiny_model_file.with_suffix(".json"), bad.with_suffix(".json"))
+    args = [a.format(empty=tmp_path / "empty", img=image_folder / "a.png", bad=bad) for a in args]
+    if "-m" not in args:
+        args += ["-m", str(tiny_model_file)]
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("predict", "train", "evaluate"):
+        assert cmd in out

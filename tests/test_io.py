@@ -1,0 +1,131 @@
+"""Reading images and masks, writing labels, and the npe2 reader/writer/sample contributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_segen import _reader, _sample_data, _writer
+from napari_segen.data import (
+    ImageReadError,
+    parse_value_map,
+    read_image,
+    read_mask,
+    write_labels,
+)
+from napari_segen.utils.atomic import OverwriteError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_binary_masks_map_to_classes_and_value_maps_apply(tmp_path):
+    raw = np.zeros((8, 8), np.uint8)
+    raw[2:5, 2:5] = 255
+    Image.fromarray(raw).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), raw // 255)
+    inverted = read_mask(tmp_path / "m.png", parse_value_map("0:1,255:0"))
+    np.testing.assert_array_equal(inverted, 1 - raw // 255)
+
+
+def test_palette_png_gives_indices(tmp_path):
+    idx = np.array([[0, 1, 2], [15, 255, 0]], np.uint8)
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [7] * (256 * 3 - 9))
+    im.save(tmp_path / "voc.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "voc.png"), idx)
+
+
+def test_colour_image_is_not_a_mask(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ImageReadError, match="colour image, not a mask"):
+        read_mask(tmp_path / "rgb.png")
+
+
+def test_images_keep_their_dtype(tmp_path):
+    img16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    Image.fromarray(img16).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((3, 8, 8), np.float32), photometric="minisblack")
+    assert read_image(tmp_path / "a.png").dtype == np.uint16
+    assert read_image(tmp_path / "s.tif").shape == (3, 8, 8)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ImageReadError, match="cannot read"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_write_labels_png_tif_and_no_silent_overwrite(tmp_path):
+    labels = np.array([[0, 1], [2, 300]])
+    write_labels(tmp_path / "l.png", labels)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "l.png")), labels)
+    with pytest.raises(OverwriteError, match="already exists"):
+        write_labels(tmp_path / "l.png", labels * 0)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "l.png")), labels)
+    stack = np.random.default_rng(0).integers(0, 5, (3, 6, 6))
+    write_labels(tmp_path / "s.tif", stack)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "s.tif"), stack)
+    with pytest.raises(ValueError, match="save stacks"):
+        write_labels(tmp_path / "s.png", stack)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "s.tif"]  # no temp files left
+
+
+def test_bad_value_map_is_explained():
+    with pytest.raises(ValueError, match="write pairs like"):
+        parse_value_map("0=1")
+
+
+def test_reader_claims_only_label_files(tmp_path):
+    write_labels(tmp_path / "cells_labels.tif", np.eye(5, dtype=int) * 3)
+    assert _reader.napari_get_reader(str(tmp_path / "image.png")) is None
+    reader = _reader.napari_get_reader(str(tmp_path / "cells_labels.tif"))
+    (data, meta, kind), = reader(str(tmp_path / "cells_labels.tif"))
+    assert kind == "labels" and meta["name"] == "cells_labels" and data.max() == 3
+
+
+def test_writer_round_trips_through_reader(tmp_path):
+    data = np.random.default_rng(0).integers(0, 4, (16, 16))
+    (path,) = _writer.write_labels(str(tmp_path / "out_labels.png"), data, {})
+    (back, _, _), = _reader.napari_get_reader(path)(path)
+    np.testing.assert_array_equal(back, data)
+
+
+def test_sample_data_is_image_plus_membrane_labels():
+    (img, img_meta, k1), (lab, lab_meta, k2) = _sample_data.isbi_sample()
+    assert (k1, k2) == ("image", "labels")
+    assert img.shape == lab.shape == (512, 512) and img.dtype == np.uint8
+    # membrane (label 1, visible) is the minority class in ISBI (~22% of pixels)
+    assert 0.1 < (lab == 1).mean() < 0.35
+    assert lab_meta["metadata"]["class_names"][1] == "membrane"
+
+
+def test_manifest_is_valid_and_shipped_copy_matches():
+    from npe2 import PluginManifest
+
+    pkg = REPO / "src" / "napari_segen" / "napari.yaml"
+    assert (REPO / "napari.yaml").read_text() == pkg.read_text()
+    manifest = PluginManifest.from_file(pkg)
+    contrib = manifest.contributions
+    assert {w.display_name for w in contrib.widgets} >= {"Segment", "Train", "Synthesize"}
+    assert contrib.readers and contrib.writers and contrib.sample_data
+    # every command points at an importable object
+    import importlib
+
+    for cmd in contrib.commands:
+        module, attr = cmd.python_name.split(":")
+        assert hasattr(importlib.import_module(module), attr), cmd.python_name
+
+
+def test_core_does_not_import_qt_or_napari():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import napari_segen.models, napari_segen.data, napari_segen.inference, "
+        "napari_segen.training, napari_segen.metrics, napari_segen.cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', "
+        "'PySide6', 'magicgui')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,100 @@
+"""The Segment widget in a real napari viewer: run, update undoably, cancel, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_segen.widgets.segment_widget import SegmentWidget
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model_file):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = "model file..."
+    w.model_file.value = tiny_model_file
+    w.tile_size.value = 64
+    return viewer, w
+
+
+def _run_and_wait(qtbot, w, timeout=60_000):
+    w.run()
+    worker = w.runner.worker
+    qtbot.waitUntil(lambda: not worker.is_running and w.run_button.enabled, timeout=timeout)
+
+
+def test_segment_creates_named_labels_layer(qtbot, widget, blobs_image):
+    viewer, w = widget
+    img, _ = blobs_image
+    layer = viewer.add_image(img, name="cells", scale=(0.5, 0.5))
+    w.image.value = layer
+    assert "0: background" in w.classes.value
+    w.probabilities.value = True
+    _run_and_wait(qtbot, w)
+    out = viewer.layers["cells labels"]
+    assert out.data.shape == img.shape and out.data.dtype == np.uint8
+    assert tuple(out.scale) == (0.5, 0.5)
+    assert out.features["class"].tolist() == ["background", "foreground"]
+    assert "cells P(foreground)" in viewer.layers
+    assert w.status.value.startswith("done")
+
+
+def test_second_run_updates_layer_and_can_be_undone(qtbot, widget, blobs_image):
+    viewer, w = widget
+    img, _ = blobs_image
+    w.image.value = viewer.add_image(img, name="cells")
+    _run_and_wait(qtbot, w)
+    out = viewer.layers["cells labels"]
+    first = out.data.copy()
+    # the user paints corrections, then re-segments into the same layer
+    out.data_setitem(np.nonzero(np.ones((5, 5), bool)), 1)
+    corrected = out.data.copy()
+    w.image.value.data = img[::-1].copy()
+    _run_and_wait(qtbot, w)
+    assert len([lyr for lyr in viewer.layers if lyr.name.startswith("cells labels")]) == 1
+    assert viewer.layers["cells labels"] is out
+    if not np.array_equal(out.data, corrected):
+        out.undo()
+        np.testing.assert_array_equal(out.data, corrected)
+    assert first.shape == out.data.shape
+
+
+def test_write_into_chosen_labels_layer(qtbot, widget, blobs_image):
+    viewer, w = widget
+    img, _ = blobs_image
+    w.image.value = viewer.add_image(img, name="cells")
+    mine = viewer.add_labels(np.zeros(img.shape, np.uint8), name="my annotations")
+    w.output.value = "my annotations"
+    _run_and_wait(qtbot, w)
+    assert "cells labels" not in viewer.layers
+    assert mine.data.any()
+
+
+def test_cancel_leaves_layers_untouched(qtbot, widget):
+    viewer, w = widget
+    big = np.random.default_rng(0).integers(0, 255, (6, 512, 512), np.uint8)
+    w.image.value = viewer.add_image(big, name="stack")
+    w.run()
+    worker = w.runner.worker
+    qtbot.waitUntil(lambda: worker.is_running, timeout=10_000)
+    w.cancel_button.changed.emit(True)  # as a click
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=5_000)
+    assert "stack labels" not in viewer.layers
+    assert "cancelled" in w.status.value
+
+
+def test_no_image_and_bad_model_are_reported_not_raised(qtbot, widget, tmp_path):
+    viewer, w = widget
+    w.run()  # no image layer
+    assert w.runner.worker is None
+    w.image.value = viewer.add_image(np.zeros((32, 32), np.uint8))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nope")
+    w.model_file.value = bad
+    w.run()
+    assert w.runner.worker is None and len(viewer.layers) == 1
