@@ -1,0 +1,34 @@
+"""Synthetic training pairs: pix2pix training, mask transforms, generation, export.
+
+No Qt, no napari.
+"""
+
+from .generate import (
+    ExportResult,
+    GenerateProgress,
+    export_pairs,
+    generate_image,
+    iter_export_pairs,
+    iter_generate,
+    load_generator,
+)
+from .masks import MaskTransformConfig, iter_random_masks, random_mask_transform
+from .trainer import SynthConfig, SynthEvent, SynthResult, resume_state_path, train_pix2pix
+
+__all__ = [
+    "ExportResult",
+    "GenerateProgress",
+    "MaskTransformConfig",
+    "SynthConfig",
+    "SynthEvent",
+    "SynthResult",
+    "export_pairs",
+    "generate_image",
+    "iter_export_pairs",
+    "iter_generate",
+    "iter_random_masks",
+    "load_generator",
+    "random_mask_transform",
+    "resume_state_path",
+    "train_pix2pix",
+]

@@ -1,0 +1,332 @@
+"""Images from label maps with a trained pix2pix generator, and synthetic training pairs.
+
+The generator is fully convolutional, so a label map of any size is generated
+whole (padded by mirroring to a multiple of ``2**depth`` and cropped back), or
+in blended tiles when ``tile_size`` is given (less memory). Generated images
+come back in the training images' dtype and intensity range.
+
+:func:`export_pairs` writes ``images/`` and ``masks/`` folders (masks as class
+indices 0..K-1) that ``napari-segen train --images DIR/images --masks DIR/masks``
+reads directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+
+from ..data.image_io import write_labels
+from ..inference.tiling import blend_window, plan_tiles, round_up
+from ..models.model_file import LoadedModel, ModelFileError, load_model
+from ..utils.atomic import OverwriteError, atomic_path
+from ..utils.devices import resolve_device
+from .masks import MaskTransformConfig, iter_random_masks
+
+
+@dataclass
+class GenerateProgress:
+    """How far a generation or export is (``done`` of ``total`` images)."""
+
+    done: int
+    total: int
+    message: str = ""
+    path: str | None = None
+
+
+@dataclass
+class ExportResult:
+    """Where :func:`export_pairs` wrote its pairs."""
+
+    out_dir: Path
+    images_dir: Path
+    masks_dir: Path
+    images: list[Path] = field(default_factory=list)
+    masks: list[Path] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+
+def check_generator(model: LoadedModel) -> LoadedModel:
+    """Raise a ValueError unless ``model`` is a synthesis (pix2pix) generator."""
+    if model.spec.task != "synthesis" or not hasattr(model.module, "size_multiple"):
+        raise ValueError(
+            f"{model.name} is a {model.spec.task} model, not a pix2pix generator; "
+            "train one with 'napari-segen synth train' or the Synthesize widget"
+        )
+    return model
+
+
+def load_generator(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Load a generator model file (``task="synthesis"``); readable errors for anything else."""
+    try:
+        model = load_model(path, device=device)
+    except ModelFileError as err:
+        raise ValueError(str(err)) from err
+    return check_generator(model)
+
+
+def _label_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected a 2D label map, got shape {labels.shape}")
+    is_int = np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool
+    if not is_int and not np.all(np.mod(labels, 1) == 0):
+        raise ValueError("label maps must hold integer class indices")
+    labels = labels.astype(np.int64)
+    if labels.size and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"the label map holds class {int(labels.max())} but the generator was trained on "
+            f"{num_classes} classes (0..{num_classes - 1}); relabel or train on these classes"
+        )
+    return labels
+
+
+def generate_tensor(
+    model: LoadedModel,
+    labels: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Generate from one ``(H, W)`` label map: a ``(C, H, W)`` float tensor in [-1, 1] on the CPU.
+
+    Args:
+        model: a loaded generator.
+        labels: class indices (negative = unannotated, fed as "no class").
+        device: where to run it.
+        tile_size: generate in blended tiles of about this size (None: whole image).
+        stochastic: keep dropout on (a different image each time, as pix2pix's noise).
+        seed: seed for the dropout noise.
+    """
+    check_generator(model)
+    gen = model.module
+    labels = _label_array(labels, gen.num_classes)
+    dev = resolve_device(device)
+    m = gen.size_multiple
+    h, w = labels.shape
+    ph, pw = round_up(h, m) - h, round_up(w, m) - w
+    padded = np.pad(labels, ((0, ph), (0, pw)), mode="symmetric") if ph or pw else labels
+    gen.to(dev).eval()
+    gen.set_stochastic(stochastic)
+    try:
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = _run(gen, padded, dev, tile_size)
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"out of memory generating a {h}x{w} image on {dev}; try a smaller tile size"
+        ) from err
+    finally:
+        gen.set_stochastic(False)
+    return out[:, :h, :w]
+
+
+def _run(gen, labels: np.ndarray, dev: torch.device, tile_size: int | None) -> torch.Tensor:
+    H, W = labels.shape
+    lab = torch.from_numpy(labels)
+    m = gen.size_multiple
+    with torch.no_grad():
+        if tile_size is None or (tile_size >= H and tile_size >= W):
+            return gen(lab[None].to(dev)).float().cpu()[0]
+        tile = max(round_up(tile_size, m), 2 * m)
+        layout = plan_tiles((H, W), tile, overlap=round_up(tile // 2, m), halo=0, multiple=m)
+        acc = torch.zeros((gen.out_channels, H, W))
+        wsum = torch.zeros((1, H, W))
+        th, tw = layout.tile
+        for y, x in layout.tiles():
+            out = gen(lab[None, y : y + th, x : x + tw].to(dev)).float().cpu()[0]
+            wgt = torch.from_numpy(blend_window(layout, y, x, (H, W), halo=0, sigma_scale=0.25))
+            acc[:, y : y + th, x : x + tw] += out * wgt
+            wsum[:, y : y + th, x : x + tw] += wgt
+        return acc / wsum.clamp_min(1e-8)
+
+
+def to_unit(chw: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [-1, 1] -> ``(H, W)`` or ``(H, W, 3)`` float32 in [0, 1]."""
+    a = ((chw.float().clamp(-1, 1) + 1) / 2).numpy()
+    return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+
+
+def to_output_image(chw: torch.Tensor, model: LoadedModel) -> np.ndarray:
+    """Generator output -> an image in the training images' dtype and intensity range."""
+    unit = to_unit(chw)
+    norm = model.spec.normalization
+    lo, hi = float(norm.get("min", 0.0)), float(norm.get("max", 1.0))
+    vals = unit * (hi - lo) + lo
+    dtype = np.dtype(norm.get("output_dtype", "float32"))
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(vals), info.min, info.max).astype(dtype)
+    return vals.astype(dtype)
+
+
+def generate_image(
+    model: LoadedModel,
+    labels: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+) -> np.ndarray:
+    """An image for a 2D label map, in the training images' dtype; see :func:`generate_tensor`."""
+    chw = generate_tensor(
+        model, labels, device=device, tile_size=tile_size, stochastic=stochastic, seed=seed
+    )
+    return to_output_image(chw, model)
+
+
+def iter_generate(
+    model: LoadedModel,
+    labels: np.ndarray | Sequence[np.ndarray],
+    *,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+) -> Generator[GenerateProgress, None, np.ndarray | list[np.ndarray]]:
+    """Generate for a label map, a ``(Z, H, W)`` stack or a list of maps, one progress event each.
+
+    Returns an array (a 2D map gives one image, a stack a stack) or, for a list, a list.
+    """
+    is_list = isinstance(labels, list | tuple)
+    arr = labels if is_list else np.asarray(labels)
+    if not is_list and arr.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D label map or a (Z, H, W) stack, got shape {arr.shape}")
+    maps = list(arr) if is_list or arr.ndim == 3 else [arr]
+    out = []
+    for i, lab in enumerate(maps):
+        out.append(
+            generate_image(
+                model,
+                lab,
+                device=device,
+                tile_size=tile_size,
+                stochastic=stochastic,
+                seed=None if seed is None else seed + i,
+            )
+        )
+        yield GenerateProgress(i + 1, len(maps), f"generated image {i + 1} of {len(maps)}")
+    if is_list:
+        return out
+    return np.stack(out) if arr.ndim == 3 else out[0]
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
+    """Write an image atomically: PNG for 8/16-bit gray and 8-bit RGB, TIFF otherwise."""
+    path = Path(path)
+    image = np.asarray(image)
+    png_ok = image.dtype == np.uint8 or (image.dtype == np.uint16 and image.ndim == 2)
+    if path.suffix.lower() == ".png" and not png_ok:
+        raise ValueError(f"{image.dtype} images of shape {image.shape} are saved as .tif, not .png")
+    with atomic_path(path, overwrite) as tmp:
+        if path.suffix.lower() == ".png":
+            Image.fromarray(image).save(tmp, format="PNG")
+        else:
+            tifffile.imwrite(tmp, image, compression="zlib")
+    return path
+
+
+def _image_suffix(model: LoadedModel) -> str:
+    dtype = np.dtype(model.spec.normalization.get("output_dtype", "float32"))
+    if dtype == np.uint8 or (dtype == np.uint16 and model.spec.in_channels == 1):
+        return ".png"
+    return ".tif"
+
+
+def iter_export_pairs(
+    model: LoadedModel,
+    masks: Sequence[np.ndarray],
+    out_dir: str | os.PathLike,
+    n: int,
+    *,
+    transform: MaskTransformConfig | None = None,
+    out_shape: tuple[int, int] | None = None,
+    seed: int | None = 0,
+    stochastic: bool = False,
+    tile_size: int | None = None,
+    device: str | torch.device = "auto",
+    prefix: str = "synth",
+    overwrite: bool = False,
+) -> Generator[GenerateProgress, None, ExportResult]:
+    """Write ``n`` synthetic (image, mask) pairs to ``out_dir/images`` and ``out_dir/masks``.
+
+    Each mask is a random transform of a source mask (see
+    :func:`napari_segen.synthesis.masks.random_mask_transform`; pass
+    ``MaskTransformConfig(flips=False, rot90=False, scale_range=(1, 1), elastic_alpha=0)``
+    to use the sources as they are), and its image is generated from it. Masks
+    are written as class indices (PNG); unannotated (negative) pixels become
+    class 0. Files are named ``<prefix>_0000.png`` and so on; nothing is written
+    when any of them exists, unless ``overwrite`` is True.
+    """
+    check_generator(model)
+    if n < 1:
+        raise ValueError(f"the number of pairs must be >= 1, got {n}")
+    if not masks:
+        raise ValueError("no masks to make pairs from: give at least one label map")
+    srcs = []
+    for i, m in enumerate(masks):
+        m = np.asarray(m)
+        if m.ndim != 2:
+            raise ValueError(
+                f"mask {i} has shape {m.shape}; give 2D label maps (split stacks into slices)"
+            )
+        srcs.append(np.where(_label_array(m, model.module.num_classes) < 0, 0, m).astype(np.int64))
+    out_dir = Path(out_dir)
+    images_dir, masks_dir = out_dir / "images", out_dir / "masks"
+    suffix = _image_suffix(model)
+    width = max(4, len(str(n - 1)))
+    names = [f"{prefix}_{i:0{width}d}" for i in range(n)]
+    targets = [(images_dir / f"{s}{suffix}", masks_dir / f"{s}.png") for s in names]
+    if not overwrite:
+        existing = [p for pair in targets for p in pair if p.exists()]
+        if existing:
+            raise OverwriteError(
+                f"{existing[0]} already exists ({len(existing)} file(s) in the way); choose "
+                "another folder or prefix, or allow overwriting"
+            )
+    result = ExportResult(out_dir, images_dir, masks_dir)
+    for i, (src, mask) in enumerate(iter_random_masks(srcs, n, transform, seed, out_shape)):
+        image = generate_image(
+            model,
+            mask,
+            device=device,
+            tile_size=tile_size,
+            stochastic=stochastic,
+            seed=None if seed is None else seed + i,
+        )
+        img_path, mask_path = targets[i]
+        write_image(img_path, image, overwrite=overwrite)
+        write_labels(mask_path, mask, overwrite=overwrite)
+        result.images.append(img_path)
+        result.masks.append(mask_path)
+        yield GenerateProgress(i + 1, n, f"pair {i + 1} of {n} (from mask {src})", str(img_path))
+    return result
+
+
+def export_pairs(
+    model: LoadedModel, masks: Sequence[np.ndarray], out_dir: str | os.PathLike, n: int, **kwargs
+) -> ExportResult:
+    """Run :func:`iter_export_pairs` to the end and return where it wrote."""
+    return run_to_end(iter_export_pairs(model, masks, out_dir, n, **kwargs))
+
+
+def run_to_end(gen: Generator):
+    """Exhaust a progress generator and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
