@@ -1,4 +1,9 @@
-"""``napari-segen train``: train or fine-tune a segmentation model on image/mask folders."""
+"""``napari-segen train``: train, fine-tune or resume a segmentation model.
+
+Data come from folders of images and masks, a Pascal VOC folder, or an image
+stack TIFF with its label stack TIFF (several sources may be combined). The
+same command runs on several GPUs under ``torchrun ... --distributed``.
+"""
 
 from __future__ import annotations
 
@@ -6,70 +11,203 @@ import argparse
 import json
 import sys
 
-from ._common import UserError, add_data_arguments, load_pairs, progress_bar, resolve_model_path
+from ._common import UserError, progress_bar, resolve_model_path
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Data-source options shared by ``train`` and ``evaluate``."""
+    g = p.add_argument_group("data (give at least one source)")
+    g.add_argument("--images", help="folder of images")
+    g.add_argument("--masks", help="folder of masks named like their images")
+    g.add_argument(
+        "--voc",
+        metavar="DIR",
+        help="Pascal VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+    )
+    g.add_argument(
+        "--voc-split",
+        default=None,
+        help="VOC split to use (default: train for training with val for validation, "
+        "val for evaluate)",
+    )
+    g.add_argument("--voc-limit", type=int, default=None, help="use only the first N VOC images")
+    g.add_argument("--stack-image", metavar="TIF", help="image stack TIFF (Z, H, W[, C])")
+    g.add_argument(
+        "--stack-labels",
+        metavar="TIF",
+        help="label stack TIFF matching --stack-image; all-0 slices are skipped",
+    )
+    g.add_argument(
+        "--mask-map",
+        default=None,
+        help="map raw mask values to classes, e.g. '0:1,255:0' for ISBI's membrane=0 masks "
+        "(default: 0/255 masks become 0/1, other values are class indices)",
+    )
+    g.add_argument(
+        "--sparse",
+        action="store_true",
+        help="masks/labels are sparse strokes: 0 = not annotated (ignored), label k = class k-1",
+    )  # fmt: skip
+
+
+def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list | None, list]:
+    """``(pairs, voc_validation_pairs or None, class_names_hint)`` from the source arguments."""
+    from ..data.image_io import parse_value_map
+    from ..data.sources import (
+        DENSE,
+        SPARSE,
+        VOC_CLASSES,
+        pairs_from_folders,
+        pairs_from_tiff_stacks,
+        pairs_from_voc,
+    )
+
+    mode = SPARSE if args.sparse else DENSE
+    value_map = parse_value_map(args.mask_map)
+    pairs: list = []
+    voc_val = None
+    names: list[str] = []
+    if bool(args.images) != bool(args.masks):
+        raise UserError("give both --images and --masks (folders of images and of their masks)")
+    if bool(args.stack_image) != bool(args.stack_labels):
+        raise UserError("give both --stack-image and --stack-labels")
+    if args.images:
+        pairs += pairs_from_folders(
+            args.images, args.masks, value_map=value_map, sparse=args.sparse
+        )
+    if args.stack_image:
+        pairs += pairs_from_tiff_stacks(args.stack_image, args.stack_labels, mode, value_map)
+    if args.voc:
+        voc_split = args.voc_split or split
+        pairs += pairs_from_voc(args.voc, voc_split, args.voc_limit)
+        if split == "train" and args.voc_split is None:
+            voc_val = pairs_from_voc(args.voc, "val", args.voc_limit) or None
+        names = list(VOC_CLASSES)
+    if not pairs:
+        raise UserError(
+            "no data: give --images and --masks, --voc DIR, or --stack-image and --stack-labels"
+        )
+    return pairs, voc_val, names
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train or fine-tune a segmentation model",
+        help="train, fine-tune or resume a segmentation model",
         description="Train a U-Net (or FCN) from scratch, or fine-tune an existing model file "
-        "(--from), on folders of images and masks. The best model on the validation split is "
-        "written atomically to --out (a .safetensors file plus its .json description).",
+        "(--from), on image/mask folders, a Pascal VOC folder or TIFF stacks. The best model on "
+        "the validation data is written atomically to --out (a .safetensors file plus its .json "
+        "description); a resumable checkpoint <out>.last.safetensors is written after every "
+        "epoch (--resume continues from it). Under torchrun, --distributed trains on several "
+        "GPUs/processes.",
     )
-    add_data_arguments(p)
-    p.add_argument("--val-images", help="folder of held-out validation images (instead of --val-split)")
+    add_source_arguments(p)
+    p.add_argument(
+        "--val-images", help="folder of held-out validation images (instead of --val-split)"
+    )
     p.add_argument("--val-masks", help="folder of held-out validation masks")
-    p.add_argument("--val-split", type=float, default=0.2,
-                   help="fraction of pairs held out for validation (default: 0.2)")
-    p.add_argument("--from", dest="start", default=None,
-                   help="model file to fine-tune, or 'default' (default: train from scratch)")
-    p.add_argument("--arch", default="unet", choices=["unet", "fcn_resnet50"],
-                   help="architecture when training from scratch (default: unet)")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated class names, class 0 first (default: background,foreground "
-                   "or as many as the masks hold)")
-    p.add_argument("--in-channels", type=int, default=None,
-                   help="image channels (default: from the first image: 1 gray, 3 colour)")
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction of pairs held out for validation (default: 0.2)",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="model file to fine-tune, or 'default' (default: train from scratch)",
+    )
+    p.add_argument(
+        "--arch",
+        default="unet",
+        choices=["unet", "fcn_resnet50"],
+        help="architecture when training from scratch (default: unet)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names, class 0 first (default: VOC's 20+1 with --voc, "
+        "else background,foreground or as many as the masks hold)",
+    )
+    p.add_argument(
+        "--in-channels",
+        type=int,
+        default=None,
+        help="image channels (default: from the first image: 1 gray, 3 colour)",
+    )
     p.add_argument("--depth", type=int, default=4, help="U-Net depth (default: 4)")
     p.add_argument("--base-channels", type=int, default=16, help="U-Net base width (default: 16)")
-    p.add_argument("--pretrained", default=None,
-                   help="local torchvision weights file for --arch fcn_resnet50 (nothing is downloaded)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="local torchvision weights file for --arch fcn_resnet50 (nothing is downloaded)",
+    )
     p.add_argument("--epochs", type=int, default=50, help="maximum epochs (default: 50)")
     p.add_argument("--samples-per-epoch", type=int, default=None, help="random crops per epoch")
     p.add_argument("--batch-size", type=int, default=4, help="crops per step (default: 4)")
     p.add_argument("--crop-size", type=int, default=256, help="training crop edge (default: 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    p.add_argument("--dice-weight", type=float, default=0.5, help="soft-Dice loss weight (default: 0.5)")
-    p.add_argument("--patience", type=int, default=15,
-                   help="stop after this many epochs without improvement (0: never; default: 15)")
+    p.add_argument(
+        "--dice-weight", type=float, default=0.5, help="soft-Dice loss weight (default: 0.5)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=15,
+        help="stop after this many epochs without improvement (0: never; default: 15)",
+    )
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-augment", action="store_true", help="plain random crops, no augmentation")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data-loading worker processes (default: 0, crops made in the main process)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", "-o", required=True, help="output model file (.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output model")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output model and its last checkpoint",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run that writes --out from its last checkpoint "
+        "(<out>.last.safetensors), with that run's settings; give the same data",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run as one process of a torchrun job (DistributedDataParallel; NCCL on "
+        "GPUs, gloo on CPUs), e.g. torchrun --nproc_per_node=4 -m napari_segen.cli "
+        "train ... --distributed",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run)  # fmt: skip
 
 
-def build_start(args, pairs):
+def build_start(args, pairs, class_names_hint=()):
     """The model to fine-tune, or the spec of a new one, from the arguments."""
-    from ..data.datasets import split_pairs  # noqa: F401  (kept close to its use)
     from ..models import ModelSpec, load_model
     from ..training import new_unet_spec
 
     if args.start:
         return load_model(resolve_model_path(args.start))
-    first = pairs[0].image
-    in_ch = args.in_channels or (3 if first.ndim == 3 and first.shape[-1] in (3, 4) else 1)
+    first = pairs[0]
+    in_ch = args.in_channels or (3 if first._is_rgb() else 1)
     top = max(int(p.mask.max()) for p in pairs)
     if args.classes:
         names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    elif class_names_hint:
+        names = list(class_names_hint)
     else:
-        names = ["background"] + [f"class {i}" for i in range(1, max(top, 1) + 1)]
-        if len(names) == 2:
-            names[1] = "foreground"
+        from ..data.sources import default_class_names
+
+        names = default_class_names(max(top, 1) + 1)
     if len(names) <= top:
         raise UserError(f"the masks hold class {top} but only {len(names)} class names were given")
     if args.arch == "unet":
@@ -82,46 +220,134 @@ def build_start(args, pairs):
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def _config_from_args(args):
     from ..data.augment import AugmentConfig
-    from ..data.datasets import split_pairs
-    from ..training import TrainConfig, train_segmentation
+    from ..training import TrainConfig
 
-    pairs = load_pairs(args)
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        samples_per_epoch=args.samples_per_epoch,
+        lr=args.lr,
+        dice_weight=args.dice_weight,
+        device=args.device,
+        seed=args.seed,
+        patience=args.patience or None,
+        time_limit_s=args.time_limit,
+        num_workers=args.workers,
+        augment=AugmentConfig(flips=False, rot90=False, intensity=0, elastic_p=0)
+        if args.no_augment
+        else AugmentConfig(),
+    )
+
+
+def _resume_setup(args):
+    """(start spec, config) saved in the last checkpoint of ``--out``."""
+    from ..data.augment import AugmentConfig
+    from ..models import ModelSpec
+    from ..training import TrainConfig
+    from ..training.checkpoint import last_checkpoint_path, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(last_checkpoint_path(args.out))
+    spec = ModelSpec.from_json(meta["spec"])
+    spec.provenance = {}
+    saved = dict(meta["train"].get("config", {}))
+    aug = AugmentConfig(**saved.pop("augment", {}))
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known}, augment=aug)
+    cfg.device = args.device
+    cfg.time_limit_s = args.time_limit
+    cfg.num_workers = args.workers
+    return spec, cfg, int(meta["train"].get("epoch", 0))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import split_pairs
+
+    dist_info = None
+    if args.distributed:
+        from ..training.distributed import init_distributed
+
+        dist_info = init_distributed(args.device)
+    try:
+        return _run(args, dist_info, split_pairs)
+    finally:
+        if dist_info is not None:
+            from ..training.distributed import cleanup
+
+            cleanup()
+
+
+def _run(args, dist_info, split_pairs) -> int:
+    from ..training import train_segmentation
+
+    rank = dist_info.rank if dist_info else 0
+    world = dist_info.world_size if dist_info else 1
+    main_rank = rank == 0
+
+    def say(msg: str) -> None:
+        if main_rank:
+            print(msg, file=sys.stderr)
+
+    pairs, voc_val, names_hint = load_source_pairs(args, "train")
+    if args.resume:
+        if args.start or args.pretrained:
+            raise UserError("--resume continues the saved run; leave out --from and --pretrained")
+        start, cfg, done = _resume_setup(args)
+        say(f"resuming {args.out} after epoch {done} of {cfg.epochs}")
+    else:
+        start = build_start(args, pairs, names_hint)
+        cfg = _config_from_args(args)
+        if args.pretrained:
+            if args.start or args.arch != "fcn_resnet50":
+                raise UserError("--pretrained applies to a new --arch fcn_resnet50 only")
+            from ..models import build_model
+            from ..models.model_file import LoadedModel
+
+            module = build_model(start.architecture, **start.arch_kwargs)
+            module.load_pretrained(args.pretrained)
+            start = LoadedModel(module, start)
     if args.val_images or args.val_masks:
         if not (args.val_images and args.val_masks):
             raise UserError("give both --val-images and --val-masks")
-        train_pairs, val_pairs = pairs, load_pairs(args, args.val_images, args.val_masks)
-    else:
-        train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=args.seed)
-    start = build_start(args, pairs)
-    if args.pretrained:
-        if args.start or args.arch != "fcn_resnet50":
-            raise UserError("--pretrained applies to a new --arch fcn_resnet50 only")
-        from ..models import build_model
-        from ..models.model_file import LoadedModel
+        from ..data.datasets import pairs_from_folders
+        from ..data.image_io import parse_value_map
 
-        module = build_model(start.architecture, **start.arch_kwargs)
-        module.load_pretrained(args.pretrained)
-        start = LoadedModel(module, start)
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size,
-        samples_per_epoch=args.samples_per_epoch, lr=args.lr, dice_weight=args.dice_weight,
-        device=args.device, seed=args.seed, patience=args.patience or None,
-        time_limit_s=args.time_limit,
-        augment=AugmentConfig(flips=False, rot90=False, intensity=0, elastic_p=0)
-        if args.no_augment else AugmentConfig(),
-    )
-    print(
-        f"training on {len(train_pairs)} image(s), validating on {len(val_pairs)}",
-        file=sys.stderr,
-    )
+        train_pairs = pairs
+        val_pairs = pairs_from_folders(
+            args.val_images, args.val_masks, parse_value_map(args.mask_map), args.sparse
+        )
+    elif voc_val:
+        train_pairs, val_pairs = pairs, voc_val
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=cfg.seed or 0)
+    if dist_info is not None:
+        cfg.device = dist_info.device
+        say(f"distributed: {world} processes ({dist_info.backend}), this is rank {rank}")
+    say(f"training on {len(train_pairs)} image(s), validating on {len(val_pairs)}")
+    sources = {
+        k: str(getattr(args, k))
+        for k in ("images", "masks", "voc", "stack_image", "stack_labels")
+        if getattr(args, k)
+    }
     gen = train_segmentation(
-        train_pairs, val_pairs, args.out, start=start, config=cfg, overwrite=args.overwrite,
-        provenance={"command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
-                    "images": str(args.images), "masks": str(args.masks)},
+        train_pairs,
+        val_pairs,
+        args.out,
+        start=start,
+        config=cfg,
+        overwrite=args.overwrite,
+        provenance={
+            "command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
+            "world_size": world,
+            **sources,
+        },
+        rank=rank,
+        world_size=world,
+        resume=args.resume,
     )
-    bar = progress_bar(None, "training", args.quiet)
+    bar = progress_bar(None, "training", args.quiet or not main_rank)
     try:
         while True:
             try:
@@ -133,17 +359,28 @@ def run(args: argparse.Namespace) -> int:
                 bar.total = ev.total_steps
                 bar.n = ev.step
                 bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.3f}", refresh=True)
-            elif ev.kind == "epoch":
+            elif ev.kind == "epoch" and main_rank:
                 m = ev.metrics
                 line = f"epoch {ev.epoch:3d}  loss {m['loss']:.4f}"
                 if "foreground_dice" in m:
-                    line += (f"  val dice {m['foreground_dice']:.4f}  mIoU {m['mean_iou']:.4f}"
-                             f"  acc {m['pixel_accuracy']:.4f}")
+                    line += (
+                        f"  val dice {m['foreground_dice']:.4f}  mIoU {m['mean_iou']:.4f}"
+                        f"  acc {m['pixel_accuracy']:.4f}"
+                    )
                 bar.write(line)
-            elif ev.kind == "saved":
+            elif ev.kind == "saved" and main_rank:
                 bar.write(f"  saved best model -> {ev.message}")
     finally:
         bar.close()
-    print(json.dumps({"model": str(result.path), "best": result.best_metrics.get("foreground_dice"),
-                      "epochs": len(result.history), "seconds": round(result.seconds, 1)}))
+    if main_rank:
+        print(
+            json.dumps(
+                {
+                    "model": str(result.path),
+                    "best": result.best_metrics.get("foreground_dice"),
+                    "epochs": len(result.history),
+                    "seconds": round(result.seconds, 1),
+                }
+            )
+        )
     return 0

@@ -94,7 +94,7 @@ def pairs_from_arrays(
         name: used to name the pairs (``name[z]`` for slices).
         rgb: whether the image's last axis is colour (napari's ``layer.rgb``);
             guessed from the shape when None.
-        skip_empty: skip slices of a stack whose labels are all 0 (nothing painted).
+        skip_empty: skip images/slices whose labels are all 0 (nothing painted).
 
     Raises:
         ValueError: shapes do not match, or nothing is annotated.
@@ -115,7 +115,7 @@ def pairs_from_arrays(
     skipped = 0
     for idx in np.ndindex(*leading) if leading else [()]:
         lab = np.asarray(labels[idx])
-        if leading and skip_empty and not lab.any():
+        if skip_empty and not lab.any():
             skipped += 1
             continue
         mask = labels_to_classes(lab, mode)

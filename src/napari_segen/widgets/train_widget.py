@@ -1,0 +1,492 @@
+"""The Train dock widget: correct the model's mistakes, retrain, re-segment.
+
+The loop: segment an image (Segment widget), fix the mistakes in its
+``<image> labels`` layer with napari's brush, eraser and fill (dense
+correction), or paint a few strokes on an empty Labels layer (sparse: label 1 =
+class 0, label 2 = class 1...), press **Train**, and a minute later press
+**Re-segment** with the new model. Training runs in a worker thread
+(:class:`~napari_segen.widgets._worker.TaskRunner`): the viewer stays
+responsive, a napari progress bar and a loss / validation-Dice plot follow
+the run, and Cancel stops it at the next step, keeping the best model so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error, show_info
+
+from ..data.augment import AugmentConfig
+from ..data.datasets import pairs_from_folders, split_image_region, split_pairs
+from ..data.sources import DENSE, SPARSE, default_class_names, num_classes_in, pairs_from_arrays
+from ..models import ModelFileError, default_model_path, load_model
+from ..training import TrainConfig, TrainEvent, TrainResult, new_unet_spec, train_segmentation
+from ..utils.devices import available_devices
+from ._model_catalog import DEFAULT_CHOICE, catalog
+from ._worker import TaskRunner
+
+if TYPE_CHECKING:
+    import napari
+
+MODE_DENSE = "dense correction (labels = classes)"
+MODE_SPARSE = "sparse strokes (0 = unlabelled)"
+_FILE_CHOICE = "model file..."
+_SCRATCH_CHOICE = "from scratch (new U-Net)"
+_PLOT_INTERVAL_MS = 400
+
+
+@dataclass
+class TrainJob:
+    """Everything a training run needs, gathered on the GUI thread (cheap), used in the worker."""
+
+    image: Any
+    labels: np.ndarray
+    rgb: bool
+    name: str
+    mode: str
+    start: str  # "default", "scratch" or a model file path
+    class_names: list[str] | None
+    images_dir: Path | None
+    masks_dir: Path | None
+    val_split: float
+    out_path: Path
+    overwrite: bool
+    config: TrainConfig
+    scratch_arch: dict[str, int] = field(default_factory=lambda: {"depth": 4, "base_channels": 16})
+
+
+def run_training_job(job: TrainJob) -> Generator[TrainEvent, None, TrainResult]:
+    """Build the pairs, load the starting model and train (runs in the worker thread)."""
+    yield TrainEvent("status", 0, 0, 0, message="reading annotations")
+    pairs = pairs_from_arrays(job.image, job.labels, job.mode, name=job.name, rgb=job.rgb)
+    if len(pairs) == 1:
+        train, val = split_image_region(pairs[0], job.val_split)
+    else:
+        train, val = split_pairs(pairs, job.val_split, seed=job.config.seed or 0)
+    if job.images_dir is not None and job.masks_dir is not None:
+        yield TrainEvent("status", 0, 0, 0, message="reading image/mask folders")
+        extra = pairs_from_folders(job.images_dir, job.masks_dir, sparse=job.mode == SPARSE)
+        extra_train, extra_val = split_pairs(extra, job.val_split, seed=job.config.seed or 0)
+        train, val = train + extra_train, val + extra_val
+    yield TrainEvent("status", 0, 0, 0, message="loading the starting model")
+    if job.start == "scratch":
+        in_ch = 3 if train[0]._is_rgb() else 1
+        names = job.class_names or default_class_names(num_classes_in(train + val))
+        start: Any = new_unet_spec(in_ch, names, **job.scratch_arch)
+    else:
+        path = Path(str(default_model_path())) if job.start == "default" else Path(job.start)
+        if not path.is_file():
+            raise ModelFileError(
+                f"the starting model {path} is missing; choose another model or train from scratch"
+            )
+        start = load_model(path)
+    provenance = {"source": "napari Train widget", "annotation": job.mode, "image": job.name}
+    result = yield from train_segmentation(
+        train,
+        val,
+        job.out_path,
+        start=start,
+        config=job.config,
+        overwrite=job.overwrite,
+        provenance=provenance,
+    )
+    return result
+
+
+def suggest_output_path(name: str, folder: Path | None = None) -> Path:
+    """A new file name ``<folder>/<name>-retrained[-N].safetensors`` that does not exist yet."""
+    folder = folder or Path.home() / "napari-segen" / "models"
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "model"
+    path = folder / f"{stem}-retrained.safetensors"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-retrained-{n}.safetensors"
+        n += 1
+    return path
+
+
+class TrainWidget(Container):
+    """Retrain a segmentation model on the labels painted in the viewer.
+
+    Sub-widgets are attributes, so tests can set values and call :meth:`start`,
+    :meth:`cancel` and :meth:`resegment` directly. ``config_overrides`` (a dict
+    of :class:`TrainConfig` fields) and ``scratch_arch`` adjust what the form
+    does not show (crop size, batch size, U-Net size...).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.config_overrides: dict[str, Any] = {}
+        self.scratch_arch: dict[str, int] = {"depth": 4, "base_channels": 16}
+        self.history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "dice": []}
+        self.last_model_path: Path | None = None
+        self.last_result: TrainResult | None = None
+        self._out_edited = False
+        self._plot_dirty = False
+
+        self.image_layer = ComboBox(label="Image", choices=self._image_choices)
+        self.labels_layer = ComboBox(label="Labels", choices=self._labels_choices)
+        self.mode = ComboBox(
+            label="Annotation", choices=[MODE_DENSE, MODE_SPARSE], value=MODE_DENSE
+        )
+        self.use_folders = CheckBox(text="Also train on image/mask folders")
+        self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
+        self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
+        self.start_model = ComboBox(label="Start from", choices=self._start_choices)
+        self.start_file = FileEdit(label="Model file", filter="*.safetensors", visible=False)
+        self.val_split = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.9, step=0.05)
+        self.epochs = SpinBox(label="Epochs", value=20, min=1, max=10000)
+        self.max_minutes = FloatSpinBox(
+            label="Time limit (min)", value=0.0, min=0.0, max=10000.0, step=0.5
+        )
+        self.lr = FloatSpinBox(label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
+        self.lr.native.setDecimals(6)
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.out_path = FileEdit(label="Save model as", mode="w", filter="*.safetensors")
+        self.overwrite = CheckBox(text="Overwrite an existing model file")
+        self.start_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel")
+        self.resegment_button = PushButton(text="Re-segment image with the new model")
+        self.resegment_button.enabled = False
+        self.status = Label(value="")
+        self.extend(
+            [
+                self.image_layer, self.labels_layer, self.mode, self.use_folders,
+                self.images_dir, self.masks_dir, self.start_model, self.start_file,
+                self.val_split, self.epochs, self.max_minutes, self.lr, self.device,
+                self.out_path, self.overwrite, self.start_button, self.cancel_button,
+                self.resegment_button, self.status,
+            ]
+        )  # fmt: skip
+        self._setup_plot()
+
+        buttons = [self.start_button, self.resegment_button]
+        self.runner = TaskRunner(buttons, self.cancel_button, _progress_of)
+        self.segment_runner = TaskRunner(buttons, self.cancel_button, _predict_progress_of)
+        self.start_button.changed.connect(self.start)
+        self.resegment_button.changed.connect(self.resegment)
+        self.use_folders.changed.connect(self._on_use_folders)
+        self.start_model.changed.connect(self._on_start_changed)
+        self.image_layer.changed.connect(self._on_image_changed)
+        self.out_path.changed.connect(self._on_out_edited)
+        catalog.changed.connect(self.start_model.reset_choices)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.moved.connect(self.reset_choices)
+        self._on_image_changed(self.image_layer.value)
+
+    # --- choices -------------------------------------------------------------
+    def _image_choices(self, _=None) -> list:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_choices(self, _=None) -> list:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _start_choices(self, _=None) -> list[str]:
+        return [*catalog.choices(), _FILE_CHOICE, _SCRATCH_CHOICE]
+
+    def _on_use_folders(self, value: bool) -> None:
+        self.images_dir.visible = self.masks_dir.visible = bool(value)
+
+    def _on_start_changed(self, value: str) -> None:
+        self.start_file.visible = value == _FILE_CHOICE
+
+    def _on_out_edited(self, *_: Any) -> None:
+        if not getattr(self, "_setting_out", False):
+            self._out_edited = True
+
+    def _on_image_changed(self, layer: Any) -> None:
+        if layer is None:
+            return
+        wanted = f"{layer.name} labels"
+        for name, lab in self._labels_choices():
+            if name == wanted:
+                self.labels_layer.value = lab
+                break
+        if not self._out_edited:
+            self._set_out(suggest_output_path(layer.name))
+
+    def _set_out(self, path: Path) -> None:
+        self._setting_out = True
+        try:
+            self.out_path.value = path
+        finally:
+            self._setting_out = False
+
+    def start_choice(self) -> str:
+        """``"default"``, ``"scratch"`` or the path of the chosen starting model."""
+        choice = self.start_model.value
+        if choice == _SCRATCH_CHOICE:
+            return "scratch"
+        if choice == _FILE_CHOICE:
+            path = Path(str(self.start_file.value))
+            if not path.is_file():
+                raise ModelFileError("choose the model file (.safetensors) to start from")
+            return str(path)
+        if choice == DEFAULT_CHOICE:
+            return "default"
+        return catalog.path_for(choice)
+
+    # --- the plot ------------------------------------------------------------
+    def _setup_plot(self) -> None:
+        self.canvas = None
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # matplotlib is optional: the status line still reports
+            return
+        from qtpy.QtCore import QTimer
+
+        fig = Figure(figsize=(3.6, 2.4), tight_layout=True)
+        self.ax_loss = fig.add_subplot(111)
+        self.ax_loss.set_xlabel("step")
+        self.ax_loss.set_ylabel("loss", color="tab:blue")
+        self.ax_dice = self.ax_loss.twinx()
+        self.ax_dice.set_ylabel("val Dice", color="tab:orange")
+        self.ax_dice.set_ylim(0, 1)
+        (self._loss_line,) = self.ax_loss.plot([], [], color="tab:blue", lw=1)
+        (self._dice_line,) = self.ax_dice.plot([], [], "o-", color="tab:orange", ms=3)
+        self.canvas = FigureCanvasQTAgg(fig)
+        self.canvas.setMinimumHeight(180)
+        self.native.layout().addWidget(self.canvas)
+        # Redraw at most every _PLOT_INTERVAL_MS: event handlers only append numbers.
+        self._plot_timer = QTimer(self.native)
+        self._plot_timer.setInterval(_PLOT_INTERVAL_MS)
+        self._plot_timer.timeout.connect(self._redraw)
+        self._plot_timer.start()
+
+    def _redraw(self) -> None:
+        if not self._plot_dirty or self.canvas is None:
+            return
+        self._plot_dirty = False
+        h = self.history
+        self._loss_line.set_data(h["step"], h["loss"])
+        self._dice_line.set_data(h["val_step"], h["dice"])
+        if h["step"]:
+            self.ax_loss.set_xlim(0, max(h["step"][-1], 1) * 1.02)
+            lo, hi = min(h["loss"]), max(h["loss"])
+            self.ax_loss.set_ylim(min(0, lo), hi * 1.05 + 1e-6)
+        self.canvas.draw_idle()
+
+    # --- training ------------------------------------------------------------
+    def build_job(self) -> TrainJob:
+        """Gather the inputs from the form and the layers; ValueError says what is missing."""
+        img_layer = self.image_layer.value
+        lab_layer = self.labels_layer.value
+        if img_layer is None:
+            raise ValueError("add or choose the image layer to train on")
+        if lab_layer is None:
+            raise ValueError(
+                "add or choose the Labels layer with your corrections or strokes "
+                "(Layers > New Labels layer, then paint)"
+            )
+        image = img_layer.data[0] if img_layer.multiscale else img_layer.data
+        labels = lab_layer.data[0] if lab_layer.multiscale else lab_layer.data
+        mode = SPARSE if self.mode.value == MODE_SPARSE else DENSE
+        out = Path(str(self.out_path.value))
+        if out.suffix != ".safetensors":
+            out = out.with_suffix(".safetensors")
+        if out.exists() and not self.overwrite.value:
+            raise ValueError(f"{out} already exists; choose another file name or tick 'Overwrite'")
+        names = lab_layer.metadata.get("class_names") if mode == DENSE else None
+        images_dir = masks_dir = None
+        if self.use_folders.value:
+            images_dir, masks_dir = (
+                Path(str(self.images_dir.value)),
+                Path(str(self.masks_dir.value)),
+            )
+            if not (images_dir.is_dir() and masks_dir.is_dir()):
+                raise ValueError("choose both the images folder and the masks folder")
+        minutes = self.max_minutes.value
+        cfg = TrainConfig(
+            epochs=self.epochs.value,
+            lr=self.lr.value,
+            device=self.device.value,
+            time_limit_s=minutes * 60 if minutes > 0 else None,
+            augment=AugmentConfig(),
+        )
+        for key, value in self.config_overrides.items():
+            setattr(cfg, key, value)
+        return TrainJob(
+            image=image,
+            labels=np.array(labels, copy=True),  # a snapshot: painting may go on meanwhile
+            rgb=bool(img_layer.rgb),
+            name=img_layer.name,
+            mode=mode,
+            start=self.start_choice(),
+            class_names=list(names) if names else None,
+            images_dir=images_dir,
+            masks_dir=masks_dir,
+            val_split=self.val_split.value,
+            out_path=out,
+            overwrite=self.overwrite.value,
+            config=cfg,
+            scratch_arch=dict(self.scratch_arch),
+        )
+
+    def start(self, *_: Any) -> None:
+        """Start training (returns at once; the work runs in a thread)."""
+        if self.runner.running or self.segment_runner.running:
+            show_error("A task is already running; wait for it or cancel it.")
+            return
+        try:
+            job = self.build_job()
+        except (ValueError, OSError) as err:
+            show_error(f"Cannot train: {err}")
+            self.status.value = f"cannot train: {err}"
+            return
+        self.history = {"step": [], "loss": [], "val_step": [], "dice": []}
+        self._plot_dirty = True
+        self._job = job
+        self.status.value = f"training on {job.name}..."
+        self.runner.start(
+            run_training_job,
+            job,
+            description=f"Training on {job.name}",
+            on_event=self._on_event,
+            on_done=self._on_done,
+            on_finish=self._on_finish,
+        )
+
+    def cancel(self) -> None:
+        """Stop the running task at its next step (the best model so far is kept)."""
+        self.runner.cancel()
+        self.segment_runner.cancel()
+
+    def _on_event(self, ev: TrainEvent) -> None:
+        # GUI thread: keep this cheap; the plot is redrawn by the timer.
+        if ev.kind == "step":
+            self.history["step"].append(ev.step)
+            self.history["loss"].append(ev.loss)
+            self._plot_dirty = True
+            now = time.monotonic()
+            if now - getattr(self, "_last_status", 0.0) > 0.25:
+                self._last_status = now
+                self.status.value = (
+                    f"epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, loss {ev.loss:.3f}"
+                )
+        elif ev.kind == "epoch":
+            m = ev.metrics
+            text = f"epoch {ev.epoch}: loss {m.get('loss', float('nan')):.3f}"
+            dice = m.get("foreground_dice")
+            if dice is not None:
+                self.history["val_step"].append(ev.step)
+                self.history["dice"].append(dice)
+                text += f", validation Dice {dice:.3f}"
+            self.status.value = text
+            self._plot_dirty = True
+        elif ev.kind == "status":
+            self.status.value = ev.message
+
+    def _on_done(self, result: TrainResult) -> None:
+        self.last_result = result
+        if result.path is not None and Path(result.path).is_file():
+            self._adopt_model(Path(result.path))
+        dice = result.best_metrics.get("foreground_dice")
+        best = f", best validation Dice {dice:.3f}" if dice is not None else ""
+        self.status.value = f"done in {result.seconds:.0f} s{best}: {result.path}"
+        show_info(f"Trained {Path(result.path).name}{best}; press Re-segment to use it")
+
+    def _on_finish(self) -> None:
+        self._redraw()
+        job = getattr(self, "_job", None)
+        if self.runner.cancelled and job is not None:
+            if job.out_path.is_file():
+                self._adopt_model(job.out_path)
+                self.status.value = f"cancelled; the best model so far is {job.out_path}"
+            else:
+                self.status.value = "cancelled before the first epoch ended; nothing was saved"
+
+    def _adopt_model(self, path: Path) -> None:
+        """Make a new model available everywhere and the start of the next round."""
+        self.last_model_path = path
+        label = catalog.add(path)
+        self.start_model.reset_choices()
+        self.start_model.value = label
+        self.resegment_button.enabled = True
+        if not self._out_edited or path == Path(str(self.out_path.value)):
+            self._out_edited = False
+            layer = self.image_layer.value
+            self._set_out(suggest_output_path(layer.name if layer else path.stem, path.parent))
+
+    # --- re-segmenting -------------------------------------------------------
+    def resegment(self, *_: Any) -> None:
+        """Segment the image with the newly trained model into ``<image> labels``."""
+        layer = self.image_layer.value
+        if self.last_model_path is None or layer is None:
+            show_error("Train a model first, then re-segment.")
+            return
+        lab = self.labels_layer.value
+        if (
+            self.mode.value == MODE_SPARSE
+            and lab is not None
+            and lab.name == f"{layer.name} labels"
+        ):
+            show_error(
+                f"Re-segmenting writes into {lab.name!r}, which holds your strokes; rename the "
+                "strokes layer (e.g. 'strokes') and choose it again."
+            )
+            return
+        if self.runner.running or self.segment_runner.running:
+            show_error("A task is already running; wait for it or cancel it.")
+            return
+        self.status.value = f"re-segmenting {layer.name}..."
+        self.segment_runner.start(
+            _predict_job,
+            self.last_model_path,
+            layer.data[0] if layer.multiscale else layer.data,
+            layer.rgb,
+            self.device.value,
+            description=f"Re-segmenting {layer.name}",
+            on_done=lambda out: self._write_segmentation(layer, out),
+        )
+
+    def _write_segmentation(self, image_layer: Any, out: tuple[Any, Any]) -> None:
+        from ._layers import write_labels_layer
+
+        model, prediction = out
+        try:
+            layer = write_labels_layer(self.viewer, image_layer, prediction.labels, model.spec)
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.status.value = f"re-segmented into {layer.name!r} with {model.name}"
+
+
+def _predict_job(path: Path, image: Any, rgb: bool, device: str):
+    from ..inference import iter_predict
+
+    model = load_model(path)
+    prediction = yield from iter_predict(model, image, rgb=rgb, device=device)
+    return model, prediction
+
+
+def _progress_of(event: Any) -> tuple[int, int] | None:
+    if isinstance(event, TrainEvent) and event.kind == "step":
+        return event.step, event.total_steps
+    return None
+
+
+def _predict_progress_of(event: Any) -> tuple[int, int] | None:
+    done, total = getattr(event, "done", None), getattr(event, "total", None)
+    return (done, total) if done is not None else None
