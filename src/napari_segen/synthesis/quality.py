@@ -37,12 +37,15 @@ def image_quality(
     fid: bool = True,
     data_range: float | None = 1.0,
     device: str = "auto",
+    extractor: Any = None,
 ) -> dict[str, Any]:
     """SSIM, PSNR (paired) and FID/KID (sets) of ``fakes`` against ``reals``.
 
     Returns a flat dict: ``ssim`` and ``psnr`` (each ``{"mean", "std", "n"}``),
     the set-distance fields (``fid``, ``kid_mean``, ``kid_std``, ``feature``...)
     and a ``message``. When the metrics package is missing, only a ``message`` saying so.
+    ``extractor`` is passed to :func:`napari_segen.metrics.fid.set_distance`
+    (None: Inception when its weights are installed, else a labelled feature distance).
     """
     try:
         from ..metrics.image_quality import paired_quality
@@ -57,7 +60,9 @@ def image_quality(
         except ImportError as err:
             messages.append(f"FID/KID not available ({err})")
         else:
-            dist = set_distance(reals, fakes, device=device)
+            dist = set_distance(
+                reals, fakes, device=device, extractor=extractor, data_range=data_range
+            )
             out.update({k: v for k, v in dist.items() if k not in ("ssim", "psnr")})
             if dist.get("message"):
                 messages.append(str(dist["message"]))
@@ -76,6 +81,7 @@ def evaluate_generator(
     stochastic: bool = False,
     seed: int | None = 0,
     tile_size: int | None = None,
+    extractor: Any = None,
 ) -> dict[str, Any]:
     """Generate an image for each pair's mask and score it against the pair's real image.
 
@@ -96,4 +102,25 @@ def evaluate_generator(
         )
         fakes.append(to_unit(fake))
         reals.append(real_to_unit(p.image, model, rgb=p._is_rgb()))
-    return image_quality(reals, fakes, fid=fid, device=device)
+    return image_quality(reals, fakes, fid=fid, device=device, extractor=extractor)
+
+
+def format_quality(q: dict[str, Any]) -> str:
+    """A few lines for people: SSIM, PSNR, then FID/KID or the labelled feature distance."""
+    if "ssim" not in q:
+        return q.get("message", "no quality figures")
+    s, p = q["ssim"], q["psnr"]
+    lines = [
+        f"SSIM  {s['mean']:.4f} +/- {s['std']:.4f}  (n={s['n']}, 1 = identical)",
+        f"PSNR  {p['mean']:.2f} +/- {p['std']:.2f} dB  (higher is closer)",
+    ]
+    if q.get("fid") is not None:
+        lines.append(f"FID   {q['fid']:.2f}  (lower is better)")
+        if q.get("kid_mean") is not None:
+            lines.append(f"KID   {q['kid_mean']:.4f} +/- {q['kid_std']:.4f}")
+    elif q.get("feature_distance") is not None:
+        lines.append(f"{q.get('feature', 'feature distance')}: {q['feature_distance']:.4f}")
+        lines.append("      (not FID: comparable only with runs using the same features)")
+    for w in q.get("warnings", []) or []:
+        lines.append(f"note: {w}")
+    return "\n".join(lines)

@@ -682,23 +682,23 @@ def train_pix2pix(
             "quality", step, cfg.steps, metrics=quality, message=quality.get("message", "")
         )
         if out_path is not None:
-            spec.provenance["held_out_quality"] = _json_safe(quality)
+            spec.provenance["held_out_quality"] = json_safe(quality)
             save_model(out_path, gen, spec, overwrite=True)
     return SynthResult(
         out_path, model, step, history, quality, samples, stopped_early, time.monotonic() - t0
     )
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Drop what JSON cannot hold (arrays, NaN stays as null)."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float):
         return None if math.isnan(obj) or math.isinf(obj) else obj
     if isinstance(obj, int | str | bool) or obj is None:
         return obj
     if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     return str(obj)

@@ -1,0 +1,453 @@
+"""``napari-segen synth``: train a pix2pix cGAN, generate images from masks, export synthetic pairs.
+
+napari-segen synth train    --images I --masks M --out gen.safetensors
+napari-segen synth generate --model gen.safetensors MASKS... --out DIR
+napari-segen synth export   --model gen.safetensors --masks M --n 100 --out DIR
+napari-segen synth evaluate --model gen.safetensors --images I --masks M
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._common import UserError, add_data_arguments, expand_inputs, load_pairs, progress_bar
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="synthesize training pairs with a pix2pix cGAN (train, generate, export, evaluate)",
+        description="Train a pix2pix conditional GAN on image/mask pairs, then draw images for "
+        "new masks: every synthetic image comes with a correct mask.",
+    )
+    ss = p.add_subparsers(dest="synth_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _help(p))
+    _add_train(ss)
+    _add_generate(ss)
+    _add_export(ss)
+    _add_evaluate(ss)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _add_train(ss) -> None:
+    t = ss.add_parser(
+        "train",
+        help="train a pix2pix generator on image/mask folders",
+        description="Train a pix2pix cGAN (U-Net generator, PatchGAN discriminator, adversarial "
+        "+ L1 loss). The generator is checkpointed atomically to --out (with its .json and a "
+        ".resume.safetensors training state); sample grids (mask | real | generated) go to "
+        "<out>_samples/. Held-out pairs give an SSIM/PSNR/FID readout at the end.",
+    )
+    add_data_arguments(t)
+    t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
+    t.add_argument("--val-masks", help="folder of held-out masks")
+    t.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction of pairs held out for samples and quality (default: 0.2)",
+    )
+    t.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names, class 0 first (default: from the masks)",
+    )
+    t.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="image channels to generate (default: 3 if the images are colour, else 1)",
+    )
+    t.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    t.add_argument("--batch-size", type=int, default=1, help="crops per step (default: 1)")
+    t.add_argument(
+        "--crop-size",
+        type=int,
+        default=256,
+        help="training crop edge, a multiple of 2**depth (default: 256)",
+    )
+    t.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
+    t.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="generator down-sampling steps (default: log2(crop size), at most 8)",
+    )
+    t.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+    t.add_argument(
+        "--n-layers",
+        type=int,
+        default=3,
+        help="discriminator layers: 3 = 70x70 patches (default: 3)",
+    )
+    t.add_argument(
+        "--norm",
+        choices=["instance", "batch"],
+        default="instance",
+        help="normalisation layers (default: instance)",
+    )
+    t.add_argument(
+        "--gan-loss",
+        choices=["lsgan", "bce"],
+        default="lsgan",
+        help="adversarial loss (default: lsgan)",
+    )
+    t.add_argument("--l1-weight", type=float, default=100.0, help="L1 weight lambda (default: 100)")
+    t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
+    t.add_argument(
+        "--sample-every", type=int, default=200, help="steps between sample grids (default: 200)"
+    )
+    t.add_argument(
+        "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)"
+    )
+    t.add_argument("--samples-dir", default=None, help="folder for sample grids")
+    t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    t.add_argument("--no-eval", action="store_true", help="skip the quality readout")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--out", "-o", required=True, help="generator model file (.safetensors)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --out up to --steps"
+    )
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+
+def _add_generate(ss) -> None:
+    g = ss.add_parser(
+        "generate",
+        help="generate images from masks",
+        description="Draw an image for each mask file (2D, or a TIFF stack) with a trained "
+        "generator; images are written to --out as <mask name>.png (or .tif).",
+    )
+    g.add_argument("masks", nargs="+", help="mask files or folders of masks")
+    _add_model_and_masks(g)
+    g.add_argument("--out", "-o", required=True, help="output folder")
+    g.add_argument("--overwrite", action="store_true", help="replace existing images")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g.set_defaults(func=run_generate)
+
+
+def _add_export(ss) -> None:
+    e = ss.add_parser(
+        "export",
+        help="write N synthetic image/mask pairs from randomly transformed masks",
+        description="Make N new masks by random flips, rotations, scaling and elastic "
+        "deformation of --masks, generate their images, and write DIR/images and DIR/masks "
+        "(class-index PNGs) for 'napari-segen train --images DIR/images --masks DIR/masks'.",
+    )
+    e.add_argument("--masks", required=True, nargs="+", help="source mask files or folders")
+    _add_model_and_masks(e)
+    e.add_argument("--n", type=int, required=True, help="number of pairs to write")
+    e.add_argument("--out", "-o", required=True, help="output folder (gets images/ and masks/)")
+    e.add_argument("--prefix", default="synth", help="file name prefix (default: synth)")
+    e.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="size of the new masks (default: each source's size)",
+    )
+    e.add_argument("--no-flips", action="store_true", help="no random flips")
+    e.add_argument("--no-rot90", action="store_true", help="no random 90-degree rotations")
+    e.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=(0.8, 1.25),
+        help="random zoom range (default: 0.8 1.25; 1 1 turns it off)",
+    )
+    e.add_argument(
+        "--elastic-alpha",
+        type=float,
+        default=20.0,
+        help="elastic displacement in pixels (default: 20; 0 turns it off)",
+    )
+    e.add_argument(
+        "--elastic-sigma", type=float, default=8.0, help="elastic smoothness in pixels (default: 8)"
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace existing pairs")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    e.set_defaults(func=run_export)
+
+
+def _add_evaluate(ss) -> None:
+    v = ss.add_parser(
+        "evaluate",
+        help="score a generator: SSIM/PSNR against real images of the same masks, FID/KID",
+        description="Generate an image for each mask in --masks and compare it with the real "
+        "image of the same name in --images (use held-out pairs).",
+    )
+    add_data_arguments(v)
+    v.add_argument("--model", "-m", required=True, help="generator model file (.safetensors)")
+    v.add_argument("--no-fid", action="store_true", help="SSIM and PSNR only")
+    v.add_argument(
+        "--fid-features",
+        default=None,
+        help="features for FID/KID: 'inception', 'unet' or a U-Net model file "
+        "(default: Inception if its weights are installed, else a labelled "
+        "U-Net feature distance)",
+    )
+    v.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    v.add_argument("--json", action="store_true", help="print the figures as JSON")
+    v.set_defaults(func=run_evaluate)
+
+
+def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="generator model file (.safetensors)")
+    p.add_argument(
+        "--mask-map",
+        default=None,
+        help="map raw mask values to classes, e.g. '0:1,255:0' (default: 0/255 masks "
+        "become 0/1, other values are class indices)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="generate in blended tiles of this size (default: whole images)",
+    )
+    p.add_argument(
+        "--stochastic", action="store_true", help="keep dropout on: varied images (pix2pix's noise)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _load_generator(path: str, device: str):
+    from ..synthesis.generate import load_generator
+    from ..utils.devices import resolve_device
+
+    if not Path(path).is_file():
+        raise UserError(f"generator model file not found: {path}")
+    return load_generator(path, device=str(resolve_device(device)))
+
+
+def _read_masks(items: list[str], mask_map: str | None):
+    from ..data.image_io import parse_value_map, read_mask
+
+    vm = parse_value_map(mask_map)
+    return [(p, read_mask(p, vm)) for p in expand_inputs(items)]
+
+
+def _drive(gen, on_event=None):
+    """Run a progress generator, updating a tqdm bar; return its result."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data.datasets import split_pairs
+    from ..synthesis.quality import format_quality
+    from ..synthesis.trainer import SynthConfig, train_pix2pix
+
+    pairs = load_pairs(args)
+    if args.val_images or args.val_masks:
+        if not (args.val_images and args.val_masks):
+            raise UserError("give both --val-images and --val-masks")
+        train_pairs, val_pairs = pairs, load_pairs(args, args.val_images, args.val_masks)
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=args.seed)
+    names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    cfg = SynthConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        ngf=args.ngf,
+        depth=args.depth,
+        ndf=args.ndf,
+        n_layers=args.n_layers,
+        norm=args.norm,
+        gan_loss=args.gan_loss,
+        l1_weight=args.l1_weight,
+        lr=args.lr,
+        out_channels=args.channels,
+        device=args.device,
+        seed=args.seed,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        time_limit_s=args.time_limit,
+        evaluate=not args.no_eval,
+    )
+    print(
+        f"training pix2pix on {len(train_pairs)} pair(s), {len(val_pairs)} held out",
+        file=sys.stderr,
+    )
+    gen = train_pix2pix(
+        train_pairs,
+        args.out,
+        config=cfg,
+        val_pairs=val_pairs,
+        class_names=names,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        samples_dir=args.samples_dir,
+        provenance={
+            "command": "napari-segen " + " ".join(sys.argv[1:]),
+            "images": str(args.images),
+            "masks": str(args.masks),
+        },
+    )
+    bar = progress_bar(cfg.steps, "pix2pix", args.quiet)
+
+    def on_event(ev) -> None:
+        if ev.kind == "step":
+            bar.n = ev.step
+            bar.set_postfix(l1=f"{ev.losses['l1']:.3f}", d=f"{ev.losses['d']:.3f}", refresh=True)
+        elif ev.kind == "sample" and ev.path:
+            bar.write(f"step {ev.step:6d}  samples -> {ev.path}")
+        elif ev.kind == "saved":
+            bar.write(f"step {ev.step:6d}  checkpoint -> {ev.path}")
+
+    try:
+        result = _drive(gen, on_event)
+    finally:
+        bar.close()
+    if result.quality:
+        print("held-out quality (generated vs real images of the same masks):")
+        print(format_quality(result.quality))
+    summary = {
+        "model": str(result.path),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "final_losses": result.history[-1] if result.history else {},
+        "ssim": result.quality.get("ssim", {}).get("mean"),
+        "psnr": result.quality.get("psnr", {}).get("mean"),
+        "fid": result.quality.get("fid"),
+        "feature_distance": result.quality.get("feature_distance"),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ..synthesis.generate import iter_generate, write_image
+
+    model = _load_generator(args.model, args.device)
+    masks = _read_masks(args.masks, args.mask_map)
+    out = Path(args.out)
+    suffix = ".png"
+    bar = progress_bar(len(masks), "generating", args.quiet)
+    try:
+        for i, (path, mask) in enumerate(masks):
+            if mask.ndim not in (2, 3):
+                raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
+            image = _drive(
+                iter_generate(
+                    model,
+                    mask,
+                    device=args.device,
+                    tile_size=args.tile_size,
+                    stochastic=args.stochastic,
+                    seed=args.seed + i,
+                ),
+            )
+            png = image.dtype == "uint8" or (image.dtype == "uint16" and image.ndim == 2)
+            suffix = ".png" if png else ".tif"
+            target = out / f"{path.stem}{suffix}"
+            write_image(target, image, overwrite=args.overwrite)
+            bar.update(1)
+            bar.write(f"{path.name} -> {target}")
+    finally:
+        bar.close()
+    print(json.dumps({"images": len(masks), "out": str(out)}))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..synthesis.generate import iter_export_pairs
+    from ..synthesis.masks import MaskTransformConfig
+
+    model = _load_generator(args.model, args.device)
+    sources = []
+    for path, mask in _read_masks(args.masks, args.mask_map):
+        if mask.ndim == 3:
+            sources.extend(list(mask))
+        elif mask.ndim == 2:
+            sources.append(mask)
+        else:
+            raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
+    transform = MaskTransformConfig(
+        flips=not args.no_flips,
+        rot90=not args.no_rot90,
+        scale_range=tuple(args.scale),
+        elastic_alpha=args.elastic_alpha,
+        elastic_sigma=args.elastic_sigma,
+    )
+    bar = progress_bar(args.n, "exporting pairs", args.quiet)
+
+    def on_event(ev) -> None:
+        bar.n = ev.done
+        bar.refresh()
+
+    try:
+        result = _drive(
+            iter_export_pairs(
+                model,
+                sources,
+                args.out,
+                args.n,
+                transform=transform,
+                out_shape=tuple(args.size) if args.size else None,
+                seed=args.seed,
+                stochastic=args.stochastic,
+                tile_size=args.tile_size,
+                device=args.device,
+                prefix=args.prefix,
+                overwrite=args.overwrite,
+            ),
+            on_event,
+        )
+    finally:
+        bar.close()
+    print(
+        f"wrote {result.count} pairs; train on them with: napari-segen train "
+        f"--images {result.images_dir} --masks {result.masks_dir} ...",
+        file=sys.stderr,
+    )
+    print(
+        json.dumps(
+            {
+                "pairs": result.count,
+                "images": str(result.images_dir),
+                "masks": str(result.masks_dir),
+            }
+        )
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..synthesis.quality import evaluate_generator, format_quality
+
+    model = _load_generator(args.model, args.device)
+    pairs = load_pairs(args)
+    q = evaluate_generator(
+        model, pairs, device=args.device, fid=not args.no_fid, extractor=args.fid_features
+    )
+    if "ssim" not in q:
+        raise UserError(q.get("message", "image-quality metrics are not available"))
+    if args.json:
+        from ..synthesis.trainer import json_safe
+
+        print(json.dumps(json_safe(q)))
+    else:
+        print(f"{args.model}: generated vs real images of {len(pairs)} mask(s)")
+        print(format_quality(q))
+    return 0

@@ -1,0 +1,281 @@
+"""``napari-segen synth`` train / generate / export / evaluate on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_segen.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions on a shared CPU run far faster on one thread than on two.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """images/ and masks/ (0/255 PNG masks) of three 48x48 blob images."""
+    root = tmp_path_factory.mktemp("synthcli")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for k in range(3):
+        mask = np.zeros((48, 48), np.uint8)
+        for _ in range(3):
+            cy, cx = rng.integers(8, 40, 2)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 < int(rng.integers(4, 9)) ** 2] = 255
+        img = (40 + 0.6 * mask + rng.normal(0, 8, mask.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"b{k}.png")
+        Image.fromarray(mask).save(root / "masks" / f"b{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def generator(folders):
+    out = folders / "gen.safetensors"
+    code = main(
+        [
+            "synth",
+            "train",
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            "--val-split",
+            "0.34",
+            "--steps",
+            "6",
+            "--crop-size",
+            "32",
+            "--ngf",
+            "4",
+            "--ndf",
+            "4",
+            "--n-layers",
+            "2",
+            "--sample-every",
+            "3",
+            "--checkpoint-every",
+            "3",
+            "--device",
+            "cpu",
+            "--no-eval",
+            "--quiet",
+            "--classes",
+            "background,blob",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_generator_and_samples(generator, capsys):
+    assert generator.is_file() and generator.with_suffix(".json").is_file()
+    spec = json.loads(generator.with_suffix(".json").read_text())
+    assert spec["task"] == "synthesis" and spec["class_names"] == ["background", "blob"]
+    samples = sorted(p.name for p in (generator.parent / "gen_samples").iterdir())
+    assert samples == ["step_000000.png", "step_000003.png", "step_000006.png"]
+
+
+def test_train_resume_and_refusals(generator, folders, capsys):
+    base = [
+        "synth",
+        "train",
+        "--images",
+        str(folders / "images"),
+        "--masks",
+        str(folders / "masks"),
+    ]
+    tiny = ["--crop-size", "32", "--ngf", "4", "--ndf", "4", "--n-layers", "2", "--device", "cpu"]
+    # refuses to overwrite
+    assert main([*base, *tiny, "--steps", "2", "--quiet", "--out", str(generator)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    # bad crop size: one line
+    assert (
+        main([*base, *tiny[2:], "--crop-size", "30", "--out", str(folders / "x.safetensors")]) == 2
+    )
+    assert "multiple of 2**depth" in capsys.readouterr().err
+    # resume to 8 steps
+    code = main(
+        [
+            *base,
+            *tiny,
+            "--steps",
+            "8",
+            "--resume",
+            "--no-eval",
+            "--quiet",
+            "--sample-every",
+            "0",
+            "--out",
+            str(generator),
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 8
+
+
+def test_generate(generator, folders, tmp_path, capsys):
+    out = tmp_path / "gen_images"
+    code = main(
+        [
+            "synth",
+            "generate",
+            str(folders / "masks"),
+            "--model",
+            str(generator),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["b0.png", "b1.png", "b2.png"]
+    img = np.asarray(Image.open(out / "b0.png"))
+    assert img.shape == (48, 48) and img.dtype == np.uint8
+    # refuses to overwrite, and refuses a segmentation model
+    assert (
+        main(
+            [
+                "synth",
+                "generate",
+                str(folders / "masks" / "b0.png"),
+                "--model",
+                str(generator),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "already exists" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "synth",
+                "generate",
+                str(folders / "masks"),
+                "--model",
+                str(tmp_path / "nope.safetensors"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "not found" in capsys.readouterr().err
+
+
+def test_export_then_segmentation_train_accepts_it(generator, folders, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    code = main(
+        [
+            "synth",
+            "export",
+            "--masks",
+            str(folders / "masks"),
+            "--model",
+            str(generator),
+            "--n",
+            "4",
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "40",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["pairs"] == 4
+    assert len(list((out / "images").iterdir())) == 4
+    mask = np.asarray(Image.open(out / "masks" / "synth_0000.png"))
+    assert mask.shape == (32, 40) and set(np.unique(mask)) <= {0, 1}
+    code = main(
+        [
+            "train",
+            "--images",
+            str(out / "images"),
+            "--masks",
+            str(out / "masks"),
+            "--epochs",
+            "1",
+            "--crop-size",
+            "32",
+            "--depth",
+            "2",
+            "--base-channels",
+            "4",
+            "--batch-size",
+            "2",
+            "--samples-per-epoch",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(tmp_path / "seg.safetensors"),
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "seg.safetensors").is_file()
+
+
+def test_evaluate_prints_metrics(generator, folders, capsys):
+    pytest.importorskip("napari_segen.metrics.image_quality")
+    code = main(
+        [
+            "synth",
+            "evaluate",
+            "--model",
+            str(generator),
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            "--no-fid",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert code == 0
+    q = json.loads(capsys.readouterr().out)
+    assert q["ssim"]["n"] == 3 and "psnr" in q
+    code = main(
+        [
+            "synth",
+            "evaluate",
+            "--model",
+            str(generator),
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "SSIM" in text and "PSNR" in text
