@@ -1,0 +1,448 @@
+"""The Synthesize dock widget: train a pix2pix cGAN, generate images from labels, export pairs.
+
+Three actions, each run off the GUI thread by a
+:class:`~napari_segen.widgets._worker.TaskRunner` (progress bar, Cancel):
+
+* **Train cGAN** on the chosen Image + Labels layers (class index per pixel,
+  0 = background; stacks give one pair per painted slice) or on image/mask
+  folders. Sample grids (mask | real | generated) appear in a
+  ``pix2pix samples`` layer while it trains; the held-out quality (SSIM, PSNR,
+  FID or a labelled feature distance) is shown at the end.
+* **Generate** an image from the current Labels layer into ``<labels> synthetic``.
+* **Export** N synthetic pairs (randomly transformed masks + generated images)
+  to a folder that ``napari-segen train`` and the Train widget read.
+
+"Score generator" compares the image generated from the Labels layer with the
+Image layer. All the work is done by :mod:`napari_segen.synthesis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error, show_info
+
+from ..utils.devices import available_devices
+from ._worker import TaskRunner
+
+if TYPE_CHECKING:
+    import napari
+
+SAMPLES_LAYER = "pix2pix samples"
+CROP_CHOICES = [32, 64, 128, 256, 512]
+
+
+def _as_array(data: Any) -> np.ndarray:
+    return np.asarray(data)
+
+
+# --- jobs (run in the worker thread; plain functions over the core) -----------------------
+def train_job(
+    pairs: list,
+    out_path: Path,
+    config: Any,
+    val_fraction: float,
+    resume: bool,
+    overwrite: bool,
+    class_names: list[str] | None,
+    provenance: dict[str, Any],
+) -> Generator[Any, None, Any]:
+    """Split, train, and score (on the training pairs when none is held out)."""
+    from ..data.datasets import split_pairs
+    from ..synthesis.quality import evaluate_generator
+    from ..synthesis.trainer import train_pix2pix
+
+    train, val = split_pairs(pairs, val_fraction, seed=config.seed or 0)
+    result = yield from train_pix2pix(
+        train, out_path, config=config, val_pairs=val, class_names=class_names,
+        resume=resume, overwrite=overwrite, provenance=provenance,
+    )  # fmt: skip
+    if config.evaluate and not val:
+        q = evaluate_generator(result.model, train, device=config.device)
+        q["message"] = (
+            q.get("message", "") + " (scored on the training pairs: none was held out; "
+            "raise 'Held out' for an honest readout)"
+        )
+        result.quality = q
+    return result
+
+
+def generate_job(
+    path: Path, labels: np.ndarray, device: str, stochastic: bool, seed: int | None
+) -> Generator[Any, None, np.ndarray]:
+    from ..synthesis.generate import iter_generate, load_generator
+
+    model = load_generator(path, device=_device(device))
+    return (
+        yield from iter_generate(model, labels, device=device, stochastic=stochastic, seed=seed)
+    )
+
+
+def export_job(
+    path: Path, masks: list[np.ndarray], out_dir: Path, n: int, device: str, stochastic: bool,
+    overwrite: bool, seed: int | None,
+) -> Generator[Any, None, Any]:  # fmt: skip
+    from ..synthesis.generate import iter_export_pairs, load_generator
+
+    model = load_generator(path, device=_device(device))
+    return (
+        yield from iter_export_pairs(
+            model, masks, out_dir, n, device=device, stochastic=stochastic,
+            overwrite=overwrite, seed=seed,
+        )
+    )  # fmt: skip
+
+
+def quality_job(path: Path, pairs: list, device: str) -> Generator[Any, None, dict[str, Any]]:
+    from ..synthesis.generate import GenerateProgress, load_generator
+    from ..synthesis.quality import evaluate_generator
+
+    model = load_generator(path, device=_device(device))
+    yield GenerateProgress(0, 1, "scoring")
+    q = evaluate_generator(model, pairs, device=device)
+    yield GenerateProgress(1, 1, "scored")
+    return q
+
+
+def _device(device: str) -> str:
+    from ..utils.devices import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _progress_of(event: Any) -> tuple[int, int] | None:
+    if hasattr(event, "step") and hasattr(event, "total_steps"):
+        return event.step, event.total_steps
+    if hasattr(event, "done") and hasattr(event, "total"):
+        return event.done, event.total
+    return None
+
+
+def _make_readout() -> Any:
+    """The metrics helper's readout when available, else a plain label."""
+    try:
+        from .metrics_widget import MetricsReadout
+    except ImportError:
+        return None
+    return MetricsReadout()
+
+
+class SynthesizeWidget(Container):
+    """Train a pix2pix generator on painted labels and draw images for new labels.
+
+    Sub-widgets are attributes, so tests can set values and call :meth:`train`,
+    :meth:`generate`, :meth:`export` and :meth:`score` directly.
+    ``config_overrides`` holds :class:`~napari_segen.synthesis.SynthConfig`
+    fields the form does not show (``ngf``, ``ndf``, ``n_layers``, ``sample_every``...).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.config_overrides: dict[str, Any] = {}
+        self.last_result: Any = None
+        self.last_quality: dict[str, Any] | None = None
+        self.last_export: Any = None
+
+        self.image_layer = ComboBox(label="Image", choices=self._image_choices)
+        self.labels_layer = ComboBox(label="Labels (classes)", choices=self._labels_choices)
+        self.use_folders = CheckBox(text="Train on image/mask folders instead")
+        self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
+        self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
+        self.mask_map = LineEdit(label="Mask value map", value="", visible=False)
+        self.mask_map.tooltip = "e.g. 0:1,255:0 for ISBI masks (membrane = 0)"
+        self.steps = SpinBox(label="Steps", value=2000, min=1, max=10_000_000)
+        self.crop_size = ComboBox(label="Crop size", choices=CROP_CHOICES, value=256)
+        self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
+        self.max_minutes = FloatSpinBox(
+            label="Time limit (min)", value=0.0, min=0.0, max=100_000.0, step=0.5
+        )
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.out_path = FileEdit(
+            label="Save generator as", mode="w", filter="*.safetensors",
+            value=Path.home() / "napari-segen-models" / "pix2pix-generator.safetensors",
+        )  # fmt: skip
+        self.resume = CheckBox(text="Resume the run saved in this file")
+        self.overwrite = CheckBox(text="Overwrite an existing generator file")
+        self.train_button = PushButton(text="Train cGAN")
+
+        self.model_path = FileEdit(label="Generator", mode="r", filter="*.safetensors")
+        self.stochastic = CheckBox(text="Dropout noise (a different image each time)")
+        self.generate_button = PushButton(text="Generate image from labels")
+        self.n_pairs = SpinBox(label="Pairs to export", value=20, min=1, max=1_000_000)
+        self.export_dir = FileEdit(label="Export folder", mode="d")
+        self.export_overwrite = CheckBox(text="Overwrite existing pairs")
+        self.export_button = PushButton(text="Export synthetic pairs")
+        self.score_button = PushButton(text="Score generator on image + labels")
+        self.cancel_button = PushButton(text="Cancel")
+        self.status = Label(value="")
+        self.quality_text = Label(value="")
+        self.readout = _make_readout()
+
+        widgets = [
+            self.image_layer, self.labels_layer, self.use_folders, self.images_dir,
+            self.masks_dir, self.mask_map, self.steps, self.crop_size, self.val_split,
+            self.max_minutes, self.device, self.out_path, self.resume, self.overwrite,
+            self.train_button, self.model_path, self.stochastic, self.generate_button,
+            self.n_pairs, self.export_dir, self.export_overwrite, self.export_button,
+            self.score_button, self.cancel_button, self.status, self.quality_text,
+        ]  # fmt: skip
+        if self.readout is not None:
+            widgets.append(self.readout)
+        self.extend(widgets)
+
+        buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
+        self.runner = TaskRunner(buttons, self.cancel_button, _progress_of)
+        self.train_button.changed.connect(self.train)
+        self.generate_button.changed.connect(self.generate)
+        self.export_button.changed.connect(self.export)
+        self.score_button.changed.connect(self.score)
+        self.use_folders.changed.connect(self._on_use_folders)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+
+    # --- choices --------------------------------------------------------------------------
+    def _image_choices(self, _=None) -> list:
+        from napari.layers import Image
+
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and layer.name != SAMPLES_LAYER
+        ]
+
+    def _labels_choices(self, _=None) -> list:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _on_use_folders(self, value: bool) -> None:
+        self.images_dir.visible = self.masks_dir.visible = self.mask_map.visible = bool(value)
+
+    def _busy(self) -> bool:
+        if self.runner.running:
+            show_info("a task is running; wait for it or cancel it")
+            return True
+        return False
+
+    # --- inputs ---------------------------------------------------------------------------
+    def layer_pairs(self) -> list:
+        """Training pairs from the chosen Image and Labels layers (class index per pixel)."""
+        from ..data.sources import DENSE, pairs_from_arrays
+
+        image, labels = self.image_layer.value, self.labels_layer.value
+        if image is None or labels is None:
+            raise ValueError("choose an Image layer and the Labels layer painted over it")
+        return pairs_from_arrays(
+            image.data, labels.data, DENSE, name=image.name, rgb=bool(image.rgb)
+        )
+
+    def folder_pairs(self) -> list:
+        from ..data.datasets import pairs_from_folders
+        from ..data.image_io import parse_value_map
+
+        images, masks = Path(str(self.images_dir.value)), Path(str(self.masks_dir.value))
+        if not images.is_dir() or not masks.is_dir():
+            raise ValueError("choose the images folder and the masks folder")
+        return pairs_from_folders(images, masks, value_map=parse_value_map(self.mask_map.value))
+
+    def build_config(self) -> Any:
+        from ..synthesis.trainer import SynthConfig
+
+        kw: dict[str, Any] = dict(
+            steps=int(self.steps.value),
+            crop_size=int(self.crop_size.value),
+            device=str(self.device.value),
+            time_limit_s=float(self.max_minutes.value) * 60 or None,
+        )
+        kw.update(self.config_overrides)
+        cfg = SynthConfig(**kw)
+        cfg.check()
+        return cfg
+
+    def generator_path(self) -> Path:
+        path = Path(str(self.model_path.value))
+        if not path.is_file():
+            raise ValueError("choose a generator file (.safetensors), or train one first")
+        return path
+
+    def _labels_array(self) -> tuple[Any, np.ndarray]:
+        layer = self.labels_layer.value
+        if layer is None:
+            raise ValueError("choose the Labels layer to generate from")
+        return layer, _as_array(layer.data)
+
+    # --- actions --------------------------------------------------------------------------
+    def train(self, *_: Any) -> None:
+        """Train the cGAN on the layers (or folders) in a worker."""
+        if self._busy():
+            return
+        try:
+            pairs = self.folder_pairs() if self.use_folders.value else self.layer_pairs()
+            cfg = self.build_config()
+            out = Path(str(self.out_path.value))
+            if out.suffix != ".safetensors":
+                out = out.with_suffix(".safetensors")
+            if out.exists() and not (self.overwrite.value or self.resume.value):
+                raise ValueError(
+                    f"{out.name} already exists; choose another name, tick 'Overwrite' or 'Resume'"
+                )
+        except (ValueError, OSError) as err:
+            show_error(str(err))
+            return
+        names = None
+        lab = self.labels_layer.value
+        if lab is not None and not self.use_folders.value:
+            names = lab.metadata.get("class_names")
+        source = (
+            {"images": str(self.images_dir.value), "masks": str(self.masks_dir.value)}
+            if self.use_folders.value
+            else {"layers": [getattr(self.image_layer.value, "name", ""), getattr(lab, "name", "")]}
+        )
+        self.status.value = f"training on {len(pairs)} pair(s)..."
+        self.runner.start(
+            train_job, pairs, out, cfg, float(self.val_split.value), bool(self.resume.value),
+            bool(self.overwrite.value), names, {"source": "napari Synthesize widget", **source},
+            description="Training pix2pix", on_event=self._on_train_event,
+            on_done=self._on_trained,
+        )  # fmt: skip
+
+    def _on_train_event(self, ev: Any) -> None:
+        if ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total_steps):
+            self.status.value = (
+                f"step {ev.step}/{ev.total_steps}  L1 {ev.losses['l1']:.3f}  D {ev.losses['d']:.3f}"
+            )
+        elif ev.kind == "sample" and ev.image is not None:
+            if SAMPLES_LAYER in self.viewer.layers:
+                self.viewer.layers[SAMPLES_LAYER].data = ev.image
+            else:
+                self.viewer.add_image(ev.image, name=SAMPLES_LAYER, rgb=True)
+        elif ev.kind == "saved":
+            self.model_path.value = ev.path
+
+    def _on_trained(self, result: Any) -> None:
+        self.last_result = result
+        if result.path is not None:
+            self.model_path.value = result.path
+        self.status.value = (
+            f"trained {result.steps} steps in {result.seconds:.0f} s -> {result.path}"
+        )
+        if result.quality:
+            self.show_quality(result.quality)
+
+    def generate(self, *_: Any) -> None:
+        """Generate an image from the Labels layer into ``<labels> synthetic``."""
+        if self._busy():
+            return
+        try:
+            path = self.generator_path()
+            layer, labels = self._labels_array()
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.status.value = f"generating from {layer.name}..."
+        self.runner.start(
+            generate_job, path, labels, str(self.device.value), bool(self.stochastic.value),
+            None if self.stochastic.value else 0,
+            description="Generating image",
+            on_done=lambda image: self._put_image(layer, image),
+        )  # fmt: skip
+
+    def _put_image(self, labels_layer: Any, image: np.ndarray) -> None:
+        name = f"{labels_layer.name} synthetic"
+        rgb = image.ndim == labels_layer.data.ndim + 1
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == image.shape:
+            self.viewer.layers[name].data = image
+        else:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            nd = labels_layer.data.ndim
+            self.viewer.add_image(
+                image, name=name, rgb=rgb, scale=labels_layer.scale[-nd:],
+                translate=labels_layer.translate[-nd:],
+            )  # fmt: skip
+        self.status.value = f"generated {name}"
+
+    def export(self, *_: Any) -> None:
+        """Write N synthetic pairs from random transforms of the labels (or the masks folder)."""
+        if self._busy():
+            return
+        try:
+            path = self.generator_path()
+            out = Path(str(self.export_dir.value))
+            if str(self.export_dir.value) in ("", "."):
+                raise ValueError("choose the folder to export the pairs to")
+            masks = self._export_masks()
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.status.value = f"exporting {self.n_pairs.value} pairs to {out}..."
+        self.runner.start(
+            export_job, path, masks, out, int(self.n_pairs.value), str(self.device.value),
+            bool(self.stochastic.value), bool(self.export_overwrite.value), 0,
+            description="Exporting pairs", on_done=self._on_exported,
+        )  # fmt: skip
+
+    def _export_masks(self) -> list[np.ndarray]:
+        if self.use_folders.value:
+            return [p.mask for p in self.folder_pairs()]
+        _, labels = self._labels_array()
+        if labels.ndim == 2:
+            return [labels]
+        planes = [np.asarray(p) for p in labels.reshape(-1, *labels.shape[-2:])]
+        planes = [p for p in planes if p.any()]
+        if not planes:
+            raise ValueError("the Labels layer is empty: paint or load labels to transform")
+        return planes
+
+    def _on_exported(self, result: Any) -> None:
+        self.last_export = result
+        self.status.value = (
+            f"wrote {result.count} pairs to {result.out_dir} (images/, masks/); "
+            "train on them with the Train widget or 'napari-segen train'"
+        )
+
+    def score(self, *_: Any) -> None:
+        """SSIM/PSNR/FID of the image generated from the Labels layer vs the Image layer."""
+        if self._busy():
+            return
+        try:
+            path = self.generator_path()
+            pairs = self.layer_pairs()
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.status.value = "scoring the generator..."
+        self.runner.start(
+            quality_job, path, pairs, str(self.device.value),
+            description="Scoring generator", on_done=self.show_quality,
+        )  # fmt: skip
+
+    def show_quality(self, quality: dict[str, Any]) -> None:
+        """Show a quality dict in the readout (and as text)."""
+        from ..synthesis.quality import format_quality
+
+        self.last_quality = quality
+        self.quality_text.value = format_quality(quality)
+        if self.readout is not None:
+            for method in ("set_result", "show_result", "update_result", "set_value"):
+                if hasattr(self.readout, method):
+                    getattr(self.readout, method)(quality)
+                    break
+            else:
+                self.readout.value = quality
+        self.status.value = "quality: " + quality.get("message", "")[:200]
