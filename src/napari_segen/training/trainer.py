@@ -369,7 +369,7 @@ def train_segmentation(
                 record.update(metrics)
             else:
                 metrics, score = {}, -epoch_loss
-            improved = score > best_score or not saved_once
+            improved = score > best_score or best_epoch == 0
             if improved:
                 best_score, best_metrics, best_epoch = score, metrics, epoch
         history.append(record)
