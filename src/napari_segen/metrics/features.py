@@ -401,3 +401,33 @@ class ImageFiles(Sequence):
         if isinstance(i, slice):
             return ImageFiles(self.paths[i])
         return read_image(self.paths[i])
+
+
+def pair_files_by_name(
+    reals: Sequence[str | os.PathLike], fakes: Sequence[str | os.PathLike]
+) -> list[tuple[Path, Path]]:
+    """Pairs of files with the same name stem (``01.png`` matches ``01.tif``), in real order.
+
+    Raises:
+        ValueError: two files of one list share a stem.
+    """
+    by_stem: dict[str, Path] = {}
+    for f in map(Path, fakes):
+        if f.stem in by_stem:
+            raise ValueError(
+                f"two synthetic images are named {f.stem!r} ({by_stem[f.stem].name}, {f.name}); "
+                "names must be unique to pair images"
+            )
+        by_stem[f.stem] = f
+    seen: dict[str, Path] = {}
+    pairs = []
+    for r in map(Path, reals):
+        if r.stem in seen:
+            raise ValueError(
+                f"two real images are named {r.stem!r} ({seen[r.stem].name}, {r.name}); "
+                "names must be unique to pair images"
+            )
+        seen[r.stem] = r
+        if r.stem in by_stem:
+            pairs.append((r, by_stem[r.stem]))
+    return pairs

@@ -1,0 +1,358 @@
+"""The Image quality metrics dock widget, and a readout other widgets embed.
+
+:class:`MetricsWidget` compares real and synthetic images - two image layers, a
+layer and a folder, or two folders; a stacked layer is a set of images - with
+SSIM and PSNR (paired) and FID / KID (sets), off the GUI thread.
+:class:`MetricsReadout` shows such a result with a short explanation of each number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from napari.utils.notifications import show_error, show_info
+
+from ..metrics.features import (
+    INCEPTION_FILES,
+    ImageFiles,
+    find_inception_weights,
+    pair_files_by_name,
+)
+from ..metrics.fid import FEATURE_DISTANCE_HELP, FID_HELP, KID_HELP, iter_set_distance
+from ..metrics.image_quality import PSNR_HELP, SSIM_HELP, Progress, iter_paired_quality
+from ..utils.devices import available_devices
+from ._worker import TaskRunner
+
+if TYPE_CHECKING:
+    import napari
+
+_FOLDER = "folder..."
+SSIM_SHORT = "paired: structural similarity, 1 = identical (Wang 2004, 11x11 Gaussian window)"
+PSNR_SHORT = "paired: peak signal-to-noise ratio in dB, higher = closer to the real image"
+FID_SHORT = "sets: distance of Inception feature statistics, 0 = same distribution, lower = better"
+KID_SHORT = "sets: unbiased kernel distance on the same features, fairer for small sets"
+FEATURE_SHORT = "not FID: FID's formula on other features; compare only with the same extractor"
+
+
+def _fmt(stats: dict[str, Any] | None, digits: int, unit: str = "") -> str:
+    if not stats or stats.get("mean") is None:
+        return "-"
+    mean, std = stats["mean"], stats.get("std")
+    if math.isinf(mean):
+        return f"inf{unit} (identical images) over {stats['n']}"
+    spread = "" if std is None or math.isnan(std) else f" +/- {std:.{digits}f}"
+    return f"{mean:.{digits}f}{spread}{unit}  (n={stats['n']})"
+
+
+class MetricsReadout(Container):
+    """SSIM, PSNR, FID and KID (or the labelled feature distance) with what each one means.
+
+    Call :meth:`set_result` with a dict from
+    :func:`~napari_segen.metrics.image_quality.paired_quality`,
+    :func:`~napari_segen.metrics.fid.set_distance`, or both merged.
+    Each value's tooltip holds the full explanation.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.result: dict[str, Any] | None = None
+        self.ssim = Label(label="SSIM", value="-", tooltip=SSIM_HELP)
+        self.ssim_help = Label(label="", value=SSIM_SHORT, tooltip=SSIM_HELP)
+        self.psnr = Label(label="PSNR", value="-", tooltip=PSNR_HELP)
+        self.psnr_help = Label(label="", value=PSNR_SHORT, tooltip=PSNR_HELP)
+        self.fid = Label(label="FID", value="-", tooltip=FID_HELP)
+        self.fid_help = Label(label="", value=FID_SHORT, tooltip=FID_HELP)
+        self.kid = Label(label="KID", value="-", tooltip=KID_HELP)
+        self.kid_help = Label(label="", value=KID_SHORT, tooltip=KID_HELP)
+        self.notes = Label(label="", value="")
+        self.extend([
+            self.ssim, self.ssim_help, self.psnr, self.psnr_help,
+            self.fid, self.fid_help, self.kid, self.kid_help, self.notes,
+        ])  # fmt: skip
+        for w in (self.ssim_help, self.psnr_help, self.fid_help, self.kid_help, self.notes):
+            if hasattr(w.native, "setWordWrap"):
+                w.native.setWordWrap(True)
+
+    def clear(self) -> None:
+        """Back to empty values."""
+        self.result = None
+        for w in (self.ssim, self.psnr, self.fid, self.kid):
+            w.value = "-"
+        self.fid.label, self.kid.label = "FID", "KID"
+        self.fid_help.value, self.kid_help.value = FID_SHORT, KID_SHORT
+        self.notes.value = ""
+
+    def set_result(self, result: dict[str, Any] | None) -> None:
+        """Show a metrics result (missing parts stay "-")."""
+        self.clear()
+        if not result:
+            return
+        self.result = result
+        self.ssim.value = _fmt(result.get("ssim"), 4)
+        self.psnr.value = _fmt(result.get("psnr"), 2, " dB")
+        notes: list[str] = []
+        if result.get("fid") is not None:
+            self.fid.value = f"{result['fid']:.3f}"
+            if result.get("kid_mean") is not None:
+                self.kid.value = f"{result['kid_mean']:.5f} +/- {result['kid_std']:.5f}"
+        elif result.get("feature_distance") is not None:
+            self.fid.label, self.kid.label = "Feature distance", "Feature MMD"
+            self.fid.tooltip = self.kid.tooltip = FEATURE_DISTANCE_HELP
+            self.fid.value = f"{result['feature_distance']:.4f}"
+            self.fid_help.value = f"{result.get('feature', 'feature distance')} - {FEATURE_SHORT}"
+            if result.get("feature_kid_mean") is not None:
+                self.kid.value = (
+                    f"{result['feature_kid_mean']:.5f} +/- {result['feature_kid_std']:.5f}"
+                )
+            self.kid_help.value = "kernel MMD (KID's formula) on the same features; not KID"
+        elif "fid" in result:
+            self.fid.value = self.kid.value = "not computed"
+        if result.get("n_real") is not None and "fid" in result:
+            notes.append(f"sets: {result['n_real']} real, {result['n_fake']} synthetic")
+        notes.extend(result.get("warnings") or [])
+        if result.get("message") and result.get("fid") is None:
+            notes.append(str(result["message"]))
+        self.notes.value = "\n".join(notes)
+
+    # names other widgets may look for
+    show_result = set_result
+
+
+class _LayerImages(Sequence):
+    """The 2D (or RGB) planes of a layer's data, read one at a time."""
+
+    def __init__(self, data: Any, rgb: bool) -> None:
+        spatial = 3 if rgb else 2
+        shape = tuple(data.shape)
+        if len(shape) < spatial:
+            raise ValueError(f"a layer of shape {shape} is not an image")
+        self.data = data
+        self.lead = shape[:-spatial]
+        self.n = int(np.prod(self.lead)) if self.lead else 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        index = np.unravel_index(i, self.lead) if self.lead else ()
+        return np.asarray(self.data[tuple(int(k) for k in index)])
+
+
+def metrics_job(
+    real: Sequence[Any],
+    fake: Sequence[Any],
+    *,
+    paired: tuple[Sequence[Any], Sequence[Any]] | None,
+    sets: bool,
+    data_range: float | None,
+    weights: str | None,
+    device: str,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """SSIM/PSNR over the ``paired`` sequences (if given), then FID/KID of the sets.
+
+    Yields :class:`~napari_segen.metrics.image_quality.Progress`; returns the merged result.
+    """
+    out: dict[str, Any] = {}
+    if paired is not None:
+        out.update((yield from iter_paired_quality(paired[0], paired[1], data_range)))
+    if sets:
+        dist = yield from iter_set_distance(
+            real, fake, weights=weights, device=device, data_range=data_range
+        )
+        out.update(dist)
+    return out
+
+
+class MetricsWidget(Container):
+    """Score synthetic images against real ones: SSIM, PSNR, FID, KID.
+
+    Sources are image layers (a stacked layer is a set) or folders. Paired
+    metrics pair layer planes by index and folder files by name (by order
+    between a layer and a folder). Sub-widgets are attributes, so tests can set
+    values and call :meth:`run` directly.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.real = ComboBox(label="Real images", choices=self._source_choices)
+        self.real_folder = FileEdit(label="Real folder", mode="d", visible=False)
+        self.fake = ComboBox(label="Synthetic images", choices=self._source_choices)
+        self.fake_folder = FileEdit(label="Synthetic folder", mode="d", visible=False)
+        self.paired = CheckBox(text="SSIM / PSNR (paired images)", value=True)
+        self.sets = CheckBox(text="FID / KID (the two sets)", value=True)
+        self.data_range = FloatSpinBox(
+            label="Data range",
+            value=0.0,
+            min=0.0,
+            max=1e12,
+            step=1.0,
+            tooltip="R for float images (e.g. 1 for [0, 1]); 0 = the dtype's range "
+            "(255 for 8-bit, 65535 for 16-bit), which float images do not have",
+        )
+        self.fid_weights = FileEdit(
+            label="FID weights", mode="r", filter="*.pth *.safetensors", value=""
+        )
+        self.weights_status = Label(label="", value="")
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.run_button = PushButton(text="Compute")
+        self.cancel_button = PushButton(text="Cancel")
+        self.status = Label(value="")
+        self.readout = MetricsReadout()
+        self.extend([
+            self.real, self.real_folder, self.fake, self.fake_folder, self.paired, self.sets,
+            self.data_range, self.fid_weights, self.weights_status, self.device,
+            self.run_button, self.cancel_button, self.status, self.readout,
+        ])  # fmt: skip
+        if hasattr(self.weights_status.native, "setWordWrap"):
+            self.weights_status.native.setWordWrap(True)
+        self.runner = TaskRunner(self.run_button, self.cancel_button, _progress_of)
+        self.last_result: dict[str, Any] | None = None
+        self.real.changed.connect(self._on_source_changed)
+        self.fake.changed.connect(self._on_source_changed)
+        self.fid_weights.changed.connect(self._show_weights_status)
+        self.run_button.changed.connect(self.run)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self._on_source_changed()
+        self._show_weights_status()
+
+    # --- choices -------------------------------------------------------------
+    def _source_choices(self, _=None) -> list[str]:
+        from napari.layers import Image
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)] + [_FOLDER]
+
+    def _on_source_changed(self, *_: Any) -> None:
+        self.real_folder.visible = self.real.value == _FOLDER
+        self.fake_folder.visible = self.fake.value == _FOLDER
+
+    def weights_path(self) -> str | None:
+        """The FID weights file chosen, or None (then the cache is searched)."""
+        value = str(self.fid_weights.value or "").strip()
+        if value in ("", ".") or Path(value).is_dir():
+            return None
+        return value
+
+    def _show_weights_status(self, *_: Any) -> None:
+        try:
+            path = find_inception_weights(self.weights_path())
+        except FileNotFoundError as err:
+            self.weights_status.value = str(err)
+            return
+        if path is None:
+            self.weights_status.value = (
+                f"No Inception weights ({INCEPTION_FILES[0]}): a U-Net feature distance "
+                "is shown instead of FID/KID. See docs/metrics.md to install the file offline."
+            )
+        else:
+            self.weights_status.value = f"FID weights: {path}"
+
+    # --- sources ---------------------------------------------------------------
+    def _source(self, which: str) -> tuple[Sequence[Any], list[Path] | None, str]:
+        """(images, files or None, display name) of the real or synthetic source."""
+        from ..data.image_io import list_images
+
+        combo = self.real if which == "real" else self.fake
+        folder = self.real_folder if which == "real" else self.fake_folder
+        label = "real" if which == "real" else "synthetic"
+        if combo.value is None:
+            raise ValueError(f"choose the {label} images: an image layer or a folder")
+        if combo.value == _FOLDER:
+            path = Path(str(folder.value))
+            if not path.is_dir() or str(folder.value) in ("", "."):
+                raise ValueError(f"choose the folder of {label} images")
+            files = list_images(path)
+            if not files:
+                raise ValueError(f"the folder {path} holds no image files")
+            return ImageFiles(files), files, path.name
+        layer = self.viewer.layers[combo.value]
+        return _LayerImages(layer.data, bool(layer.rgb)), None, layer.name
+
+    # --- running -------------------------------------------------------------
+    def run(self, *_: Any) -> None:
+        """Start computing (returns at once; the work runs in a thread)."""
+        if not (self.paired.value or self.sets.value):
+            show_error("Tick SSIM / PSNR, FID / KID, or both.")
+            return
+        try:
+            real, real_files, real_name = self._source("real")
+            fake, fake_files, fake_name = self._source("fake")
+            paired = None
+            if self.paired.value:
+                if real_files is not None and fake_files is not None:
+                    pairs = pair_files_by_name(real_files, fake_files)
+                    if not pairs:
+                        raise ValueError(
+                            "no files with the same name in the two folders, so no pairs for "
+                            "SSIM / PSNR; untick it to compare the sets only"
+                        )
+                    paired = (
+                        ImageFiles(p[0] for p in pairs),
+                        ImageFiles(p[1] for p in pairs),
+                    )
+                else:
+                    if len(real) != len(fake):
+                        raise ValueError(
+                            f"{real_name} holds {len(real)} image(s) and {fake_name} "
+                            f"{len(fake)}: SSIM / PSNR pair them in order, so the counts must "
+                            "match (untick it to compare the sets only)"
+                        )
+                    paired = (real, fake)
+            weights = self.weights_path() if self.sets.value else None
+            if weights is not None:
+                find_inception_weights(weights)
+        except (ValueError, FileNotFoundError) as err:
+            show_error(str(err))
+            return
+        self.readout.clear()
+        self.last_result = None
+        self.status.value = f"comparing {fake_name} with {real_name}..."
+        self.runner.start(
+            metrics_job,
+            real,
+            fake,
+            paired=paired,
+            sets=self.sets.value,
+            data_range=self.data_range.value or None,
+            weights=weights,
+            device=str(self.device.value),
+            description="Image quality metrics",
+            on_done=self._show,
+            on_finish=self._finished,
+        )
+
+    def _show(self, result: dict[str, Any]) -> None:
+        self.last_result = result
+        self.readout.set_result(result)
+        self.status.value = "done"
+        show_info("Image quality metrics computed")
+
+    def _finished(self) -> None:
+        if self.runner.cancelled:
+            self.status.value = "cancelled"
+        elif self.last_result is None:
+            self.status.value = "failed; see the error message"
+
+
+def _progress_of(event: Any) -> tuple[int, int] | None:
+    if isinstance(event, Progress):
+        return event.done, event.total
+    return None
