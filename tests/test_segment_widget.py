@@ -98,3 +98,19 @@ def test_no_image_and_bad_model_are_reported_not_raised(qtbot, widget, tmp_path)
     w.model_file.value = bad
     w.run()
     assert w.runner.worker is None and len(viewer.layers) == 1
+
+
+def test_plugin_loaded_after_opengl_does_not_crash():
+    """napari opens its OpenGL context before loading plugins; with Mesa's llvmpipe that used to
+    segfault once torchvision pulled in Triton (two LLVMs in one process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import napari; v = napari.Viewer(show=False); "
+        "import napari_segen.widgets.segment_widget; "
+        "from napari_segen.models import build_model; build_model('fcn_resnet50'); "
+        "v.close(); print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
