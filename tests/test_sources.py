@@ -80,8 +80,8 @@ def test_array_errors_are_sentences():
 
 def _palette_png(path, values):
     im = Image.fromarray(values.astype(np.uint8), mode="P")
-    pal = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [7] * (253 * 3) + [224, 224, 192]
-    im.putpalette(pal[: 256 * 3])
+    pal = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [7] * (252 * 3) + [224, 224, 192]
+    im.putpalette(pal)
     im.save(path)
 
 
