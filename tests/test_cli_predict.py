@@ -17,7 +17,7 @@ def image_folder(tmp_path, blobs_image):
     folder.mkdir()
     img, _ = blobs_image
     Image.fromarray(img).save(folder / "a.png")
-    Image.fromarray((img.astype(np.uint16) * 200)).save(folder / "b.png")  # 16-bit
+    Image.fromarray(img.astype(np.uint16) * 200).save(folder / "b.png")  # 16-bit
     Image.fromarray(np.stack([img] * 3, -1)).save(folder / "c.png")  # RGB
     (folder / "notes.txt").write_text("ignored")
     return folder
@@ -25,8 +25,20 @@ def image_folder(tmp_path, blobs_image):
 
 def test_predict_folder_writes_same_names(tmp_path, image_folder, tiny_model_file, capsys):
     out = tmp_path / "out"
-    rc = main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q",
-               "--tile-size", "64", "--probabilities"])
+    rc = main(
+        [
+            "predict",
+            str(image_folder),
+            "-m",
+            str(tiny_model_file),
+            "--out",
+            str(out),
+            "-q",
+            "--tile-size",
+            "64",
+            "--probabilities",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
     lab = np.asarray(Image.open(out / "a.png"))
@@ -44,17 +56,44 @@ def test_predict_never_overwrites_without_flag(tmp_path, image_folder, tiny_mode
     assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
     assert (out / "a.png").read_bytes() == b"user file"
     assert not (out / "b.png").exists()  # refused before doing any work
-    assert main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q",
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(image_folder),
+                "-m",
+                str(tiny_model_file),
+                "--out",
+                str(out),
+                "-q",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert (out / "a.png").read_bytes() != b"user file"
 
 
 def test_predict_stack_tif(tmp_path, tiny_model_file):
     import tifffile
 
-    tifffile.imwrite(tmp_path / "stack.tif", np.random.default_rng(0).integers(0, 255, (3, 40, 50), np.uint8))
-    assert main(["predict", str(tmp_path / "stack.tif"), "-m", str(tiny_model_file), "-o",
-                 str(tmp_path / "o"), "-q"]) == 0
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.random.default_rng(0).integers(0, 255, (3, 40, 50), np.uint8)
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "stack.tif"),
+                "-m",
+                str(tiny_model_file),
+                "-o",
+                str(tmp_path / "o"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert tifffile.imread(tmp_path / "o" / "stack.tif").shape == (3, 40, 50)
 
 
@@ -68,8 +107,9 @@ def test_predict_stack_tif(tmp_path, tiny_model_file):
         (["predict", "{img}", "--device", "cuda:7", "--out", "o"], "not available"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, image_folder, tiny_model_file, capsys,
-                                             monkeypatch, args, message):
+def test_bad_input_gives_one_line_and_exit_2(
+    tmp_path, image_folder, tiny_model_file, capsys, monkeypatch, args, message
+):
     import torch
 
     if "cuda:7" in args and torch.cuda.is_available():

@@ -80,14 +80,14 @@ def test_reader_claims_only_label_files(tmp_path):
     write_labels(tmp_path / "cells_labels.tif", np.eye(5, dtype=int) * 3)
     assert _reader.napari_get_reader(str(tmp_path / "image.png")) is None
     reader = _reader.napari_get_reader(str(tmp_path / "cells_labels.tif"))
-    (data, meta, kind), = reader(str(tmp_path / "cells_labels.tif"))
+    ((data, meta, kind),) = reader(str(tmp_path / "cells_labels.tif"))
     assert kind == "labels" and meta["name"] == "cells_labels" and data.max() == 3
 
 
 def test_writer_round_trips_through_reader(tmp_path):
     data = np.random.default_rng(0).integers(0, 4, (16, 16))
     (path,) = _writer.write_labels(str(tmp_path / "out_labels.png"), data, {})
-    (back, _, _), = _reader.napari_get_reader(path)(path)
+    ((back, _, _),) = _reader.napari_get_reader(path)(path)
     np.testing.assert_array_equal(back, data)
 
 

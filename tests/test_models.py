@@ -93,7 +93,10 @@ def test_fcn_rejects_unrelated_weights(tmp_path):
 def test_model_file_round_trip(tmp_path, tiny_unet):
     path = save_model(tmp_path / "m.safetensors", tiny_unet.module, tiny_unet.spec)
     sidecar = json.loads((tmp_path / "m.json").read_text())
-    assert sidecar["architecture"] == "unet" and sidecar["class_names"] == ["background", "foreground"]
+    assert sidecar["architecture"] == "unet" and sidecar["class_names"] == [
+        "background",
+        "foreground",
+    ]
     loaded = load_model(path)
     x = torch.randn(1, 1, 32, 32)
     with torch.inference_mode():

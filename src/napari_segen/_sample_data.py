@@ -35,8 +35,11 @@ def isbi_sample():
         (read_image(image_path), {"name": "ISBI EM"}, "image"),
         (
             read_mask(mask_path, ISBI_MASK_MAP),
-            {"name": "ISBI EM ground truth", "visible": False,
-             "metadata": {"class_names": ["cell interior", "membrane"]}},
+            {
+                "name": "ISBI EM ground truth",
+                "visible": False,
+                "metadata": {"class_names": ["cell interior", "membrane"]},
+            },
             "labels",
         ),
     ]

@@ -30,7 +30,9 @@ def resolve_model_path(name: str) -> Path:
     if name in ("default", "", None):
         path = Path(str(default_model_path()))
         if not path.is_file():
-            raise UserError(f"the bundled default model is missing ({path}); reinstall napari-segen")
+            raise UserError(
+                f"the bundled default model is missing ({path}); reinstall napari-segen"
+            )
         return path
     path = Path(name)
     if not path.is_file():
@@ -45,7 +47,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                f
+                for f in p.iterdir()
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
             )
             if not found:
                 raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
@@ -61,7 +65,9 @@ def progress_bar(total: int | None, desc: str, disable: bool = False):
     """A tqdm bar on stderr."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", disable=disable, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit="step", disable=disable, leave=False, dynamic_ncols=True
+    )
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

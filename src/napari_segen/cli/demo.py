@@ -12,10 +12,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="open napari with the plugin and the ISBI sample (headless demo without a display)",
-        description="With a display: open napari with the ISBI EM sample, dock the Segment and Train "
-        "widgets and segment the sample with the bundled model. Without one (or with --headless): "
-        "segment the sample, write the labels and an overlay into --out, and print the scores "
-        "against the ground truth.",
+        description=(
+            "With a display: open napari with the ISBI EM sample, dock the Segment and Train "
+            "widgets and segment the sample with the bundled model. Without one (or with "
+            "--headless): segment the sample, write the labels and an overlay into --out, and "
+            "print the scores against the ground truth."
+        ),
     )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--out", default="segen-demo", help="output folder of the headless demo")
@@ -62,8 +64,10 @@ def run_headless(out: Path, device: str = "auto") -> int:
     with atomic_path(out / "isbi_20_overlay.png", overwrite=True) as tmp:
         Image.fromarray(rgb.astype(np.uint8)).save(tmp, format="PNG")
     names = model.spec.class_names
-    print(f"membrane Dice {scores.dice[1]:.3f}, IoU {scores.iou[1]:.3f}, "
-          f"pixel accuracy {scores.accuracy:.3f} against the ground truth ({names[1]} = label 1)")
+    print(
+        f"membrane Dice {scores.dice[1]:.3f}, IoU {scores.iou[1]:.3f}, "
+        f"pixel accuracy {scores.accuracy:.3f} against the ground truth ({names[1]} = label 1)"
+    )
     print(f"wrote {out / 'isbi_20_labels.png'} and {out / 'isbi_20_overlay.png'}")
     return 0
 

@@ -19,13 +19,20 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     add_model_argument(p)
     p.add_argument("--out", "-o", required=True, help="output folder for the label images")
-    p.add_argument("--format", choices=["png", "tif"], default=None,
-                   help="label file format (default: png for 2D, tif for stacks)")
+    p.add_argument(
+        "--format",
+        choices=["png", "tif"],
+        default=None,
+        help="label file format (default: png for 2D, tif for stacks)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (default: 256)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
-    p.add_argument("--probabilities", action="store_true",
-                   help="also write class probabilities as <name>_probs.tif (float32, C x H x W)")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write class probabilities as <name>_probs.tif (float32, C x H x W)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -38,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import iter_predict
     from ..models import load_model
     from ..utils.atomic import atomic_path, check_writable
-
     from ..utils.devices import resolve_device
 
     resolve_device(args.device)  # fail before any work on a bad device
@@ -57,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
         image = None
         if suffix is None:
             image = read_image(f)
-            suffix = ".png" if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4)) else ".tif"
+            suffix = (
+                ".png"
+                if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))
+                else ".tif"
+            )
         dest = out_dir / (f.stem + suffix)
         check_writable(dest, args.overwrite)
         planned.append((f, dest, image))
@@ -68,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
     for i, (f, dest, image) in enumerate(planned, 1):
         image = read_image(f) if image is None else image
         gen = iter_predict(
-            model, image, tile_size=args.tile_size, batch_size=args.batch_size,
-            device=args.device, return_probabilities=args.probabilities,
+            model,
+            image,
+            tile_size=args.tile_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            return_probabilities=args.probabilities,
         )
         with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:
             while True:

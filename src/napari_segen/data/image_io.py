@@ -30,7 +30,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -83,9 +87,8 @@ def read_mask(
         )
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
-    if not np.issubdtype(raw.dtype, np.integer):
-        if not np.all(np.mod(raw, 1) == 0):
-            raise ImageReadError(f"{path} holds non-integer values; masks must hold class indices")
+    if not np.issubdtype(raw.dtype, np.integer) and not np.all(np.mod(raw, 1) == 0):
+        raise ImageReadError(f"{path} holds non-integer values; masks must hold class indices")
     return map_mask_values(raw, value_map)
 
 
@@ -138,7 +141,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
     with atomic_path(path, overwrite) as tmp:
         if suffix == ".png":
             if data.ndim != 2 or dtype == np.uint32:
-                raise ValueError("PNG holds 2D labels below 65536; save stacks or larger ids as .tif")
+                raise ValueError(
+                    "PNG holds 2D labels below 65536; save stacks or larger ids as .tif"
+                )
             Image.fromarray(data).save(tmp, format="PNG")
         else:
             tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")

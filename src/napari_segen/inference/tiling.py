@@ -80,7 +80,12 @@ def _window_1d(n: int, at_start: bool, at_end: bool, halo: int, sigma_scale: flo
 
 
 def blend_window(
-    layout: TileLayout, y: int, x: int, shape: tuple[int, int], halo: int, sigma_scale: float = 0.125
+    layout: TileLayout,
+    y: int,
+    x: int,
+    shape: tuple[int, int],
+    halo: int,
+    sigma_scale: float = 0.125,
 ) -> np.ndarray:
     """The ``(th, tw)`` blending weight of the tile starting at ``(y, x)``."""
     th, tw = layout.tile

@@ -59,11 +59,17 @@ class SegmentationScores:
                 n: {"iou": float(i), "dice": float(d)}
                 for n, i, d in zip(names, self.iou, self.dice, strict=False)
             },
-            "mean_iou": float(np.nanmean(self.iou)) if np.any(~np.isnan(self.iou)) else float("nan"),
-            "mean_dice": float(np.nanmean(self.dice)) if np.any(~np.isnan(self.dice)) else float("nan"),
+            "mean_iou": float(np.nanmean(self.iou))
+            if np.any(~np.isnan(self.iou))
+            else float("nan"),
+            "mean_dice": float(np.nanmean(self.dice))
+            if np.any(~np.isnan(self.dice))
+            else float("nan"),
         }
 
 
-def segmentation_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> SegmentationScores:
+def segmentation_scores(
+    pred: np.ndarray, target: np.ndarray, num_classes: int
+) -> SegmentationScores:
     """Scores of one prediction against its target."""
     return SegmentationScores(num_classes).update(pred, target)

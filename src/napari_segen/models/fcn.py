@@ -37,7 +37,9 @@ class FCN(nn.Module):
             raise ValueError(f"FCN takes 1 or 3 input channels, got {in_channels}")
         self.in_channels = in_channels
         self.net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=num_classes)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

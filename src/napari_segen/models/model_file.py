@@ -29,8 +29,22 @@ _META_KEY = "napari_segen"
 
 # A colour for each class index; class 0 is background and drawn transparent by napari.
 DEFAULT_COLORS = [
-    None, "#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa",
-    "#ff2d55", "#a2845e", "#64d2ff", "#30d158", "#bf5af2", "#ffd60a", "#ff9f0a", "#8e8e93",
+    None,
+    "#ff3b30",
+    "#34c759",
+    "#007aff",
+    "#ffcc00",
+    "#af52de",
+    "#ff9500",
+    "#5ac8fa",
+    "#ff2d55",
+    "#a2845e",
+    "#64d2ff",
+    "#30d158",
+    "#bf5af2",
+    "#ffd60a",
+    "#ff9f0a",
+    "#8e8e93",
 ]
 
 
@@ -157,9 +171,7 @@ def read_spec(path: str | os.PathLike) -> ModelSpec:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path} is not a valid safetensors file ({err})") from err
     if meta is None:
-        raise ModelFileError(
-            f"{path} has no description: put its {side.name} sidecar beside it"
-        )
+        raise ModelFileError(f"{path} has no description: put its {side.name} sidecar beside it")
     return ModelSpec.from_json(json.loads(meta), str(path))
 
 

@@ -16,7 +16,9 @@ from .registry import register_model
 def _double_conv(in_ch: int, out_ch: int, norm: str, dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(2):
-        layers.append(nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=norm == "none"))
+        layers.append(
+            nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=norm == "none")
+        )
         if norm == "batch":
             layers.append(nn.BatchNorm2d(out_ch))
         elif norm == "instance":

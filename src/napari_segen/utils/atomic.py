@@ -14,7 +14,7 @@ class OverwriteError(FileExistsError):
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Return ``path`` as a Path; raise :class:`OverwriteError` if it exists and ``overwrite`` is False."""
+    """Return ``path`` as a Path; raise :class:`OverwriteError` if it exists, unless overwriting."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OverwriteError(
@@ -31,7 +31,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -52,7 +54,9 @@ def _default_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False
+) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``."""
     with atomic_path(path, overwrite) as tmp:
         write(tmp)

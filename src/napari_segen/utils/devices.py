@@ -26,9 +26,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
+        )
     if dev.type == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     ):
-        raise ValueError(f"device {device!r} was asked for but MPS is not available; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"device {device!r} was asked for but MPS is not available; use 'cpu' or 'auto'"
+        )
     return dev

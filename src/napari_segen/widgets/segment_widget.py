@@ -52,10 +52,21 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
-        self.extend([
-            self.image, self.model, self.model_file, self.classes, self.device, self.tile_size,
-            self.output, self.probabilities, self.run_button, self.cancel_button, self.status,
-        ])
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.model_file,
+                self.classes,
+                self.device,
+                self.tile_size,
+                self.output,
+                self.probabilities,
+                self.run_button,
+                self.cancel_button,
+                self.status,
+            ]
+        )
         self.runner = TaskRunner(self.run_button, self.cancel_button, _progress_of)
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._show_classes)
@@ -72,7 +83,9 @@ class SegmentWidget(Container):
     def _output_choices(self, _=None) -> list:
         from napari.layers import Labels
 
-        return [_NEW_LAYER] + [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        return [_NEW_LAYER] + [
+            layer.name for layer in self.viewer.layers if isinstance(layer, Labels)
+        ]
 
     def _on_model_changed(self, value: str) -> None:
         self.model_file.visible = value == _FILE_CHOICE
@@ -85,7 +98,9 @@ class SegmentWidget(Container):
             if not path.is_file():
                 raise ModelFileError("choose a model file (.safetensors) first")
             return path
-        choice = catalog.path_for(self.model.value) if self.model.value != DEFAULT_CHOICE else "default"
+        choice = (
+            catalog.path_for(self.model.value) if self.model.value != DEFAULT_CHOICE else "default"
+        )
         return Path(str(default_model_path())) if choice == "default" else Path(choice)
 
     def select_model(self, path: str | Path) -> None:
