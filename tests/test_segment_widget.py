@@ -114,3 +114,21 @@ def test_plugin_loaded_after_opengl_does_not_crash():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_only_the_displayed_slice_of_a_stack(qtbot, widget):
+    viewer, w = widget
+    stack = np.random.default_rng(1).integers(0, 255, (4, 48, 40), np.uint8)
+    w.image.value = viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    w.current_slice.value = True
+    _run_and_wait(qtbot, w)
+    out = viewer.layers["stack labels"]
+    assert out.data.shape == stack.shape
+    assert out.data[2].any() and not out.data[[0, 1, 3]].any()
+    # a second slice goes into the same layer, leaving slice 2 as it was
+    before = out.data[2].copy()
+    viewer.dims.set_current_step(0, 0)
+    _run_and_wait(qtbot, w)
+    assert out.data[0].any()
+    np.testing.assert_array_equal(out.data[2], before)

@@ -35,21 +35,32 @@ def write_labels_layer(
     labels: np.ndarray,
     spec: ModelSpec,
     target: Labels | None = None,
+    index: tuple[int, ...] = (),
+    full_shape: tuple[int, ...] | None = None,
 ) -> Labels:
     """Put ``labels`` into ``target`` (undoable) or into ``<image> labels`` (created if absent).
 
     Only changed pixels are written to an existing layer, through
     ``Labels.data_setitem``, so Ctrl+Z restores the user's previous labels.
+    With ``index`` (a stack position) and ``full_shape``, ``labels`` is one slice
+    of a stack and only that slice is written.
     """
     from napari.layers import Labels
 
     name = f"{image_layer.name} labels"
+    if index:
+        stack = np.zeros(full_shape, labels.dtype)
+        stack[index] = labels
+        labels = stack
     if target is None and name in viewer.layers and isinstance(viewer.layers[name], Labels):
         target = viewer.layers[name]
     if target is not None and tuple(target.data.shape) == tuple(labels.shape):
-        changed = np.asarray(target.data) != labels
+        current = np.asarray(target.data[index] if index else target.data)
+        new = labels[index] if index else labels
+        changed = current != new
         if changed.any():
-            target.data_setitem(np.nonzero(changed), labels[changed].astype(target.data.dtype))
+            where = tuple(np.full(int(changed.sum()), i) for i in index) + np.nonzero(changed)
+            target.data_setitem(where, new[changed].astype(target.data.dtype))
         layer = target
     else:
         if target is not None:

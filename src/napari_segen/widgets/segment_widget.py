@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -17,7 +18,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
-from ..inference import Progress, iter_predict
+from ..inference import Progress, iter_predict, spatial_layout
 from ..models import ModelFileError, default_model_path, load_model, read_spec
 from ..utils.devices import available_devices
 from ._layers import write_labels_layer
@@ -49,6 +50,7 @@ class SegmentWidget(Container):
         self.tile_size = SpinBox(label="Tile size", value=256, min=32, max=4096, step=32)
         self.output = ComboBox(label="Write into", choices=self._output_choices)
         self.probabilities = CheckBox(text="Also add class probabilities")
+        self.current_slice = CheckBox(text="Only the displayed slice (stacks)")
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
@@ -62,6 +64,7 @@ class SegmentWidget(Container):
                 self.tile_size,
                 self.output,
                 self.probabilities,
+                self.current_slice,
                 self.run_button,
                 self.cancel_button,
                 self.status,
@@ -130,27 +133,39 @@ class SegmentWidget(Container):
         target = None
         if self.output.value != _NEW_LAYER:
             target = self.viewer.layers[self.output.value]
-        self.status.value = f"segmenting {layer.name}..."
+        data, index = layer.data, ()
+        leading, _ = spatial_layout(tuple(layer.data.shape), layer.rgb)
+        if self.current_slice.value and leading:
+            point = layer.world_to_data(self.viewer.dims.point)
+            index = tuple(
+                int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, leading, strict=False)
+            )
+            data = layer.data[index]
+        full_shape = tuple(layer.data.shape[: len(leading) + 2])
+        where = f" slice {index}" if index else ""
+        self.status.value = f"segmenting {layer.name}{where}..."
         self.runner.start(
             iter_predict,
             model,
-            layer.data,
+            data,
             rgb=layer.rgb,
             tile_size=self.tile_size.value,
             device=self.device.value,
             return_probabilities=self.probabilities.value,
             description=f"Segmenting {layer.name}",
-            on_done=lambda result: self._add_result(layer, model, target, result),
+            on_done=lambda res: self._add_result(layer, model, target, res, index, full_shape),
             on_finish=self._finished,
         )
 
-    def _add_result(self, image_layer, model, target, result) -> None:
+    def _add_result(self, image_layer, model, target, result, index=(), full_shape=None) -> None:
         try:
-            out = write_labels_layer(self.viewer, image_layer, result.labels, model.spec, target)
+            out = write_labels_layer(
+                self.viewer, image_layer, result.labels, model.spec, target, index, full_shape
+            )
         except ValueError as err:
             show_error(str(err))
             return
-        if result.probabilities is not None:
+        if result.probabilities is not None and not index:
             names = [f"{image_layer.name} P({c})" for c in model.spec.class_names]
             for name in names:
                 if name in self.viewer.layers:
