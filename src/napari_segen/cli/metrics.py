@@ -180,9 +180,10 @@ def format_report(out: dict[str, Any]) -> str:
     else:
         lines.append("no image pairs with the same name: SSIM and PSNR skipped")
     if out.get("unpaired_real") or out.get("unpaired_fake"):
+        use = "they count only for FID/KID" if "n_real" in out else "they were skipped"
         lines.append(
             f"({out['unpaired_real']} real and {out['unpaired_fake']} synthetic image(s) "
-            "have no partner; they count only for FID/KID)"
+            f"have no partner of the same name; {use})"
         )
     if "n_real" in out:
         lines.append(f"sets: {out['n_real']} real, {out['n_fake']} synthetic")
