@@ -314,6 +314,10 @@ def test_unsafe_or_wrong_weights_are_refused(tmp_path, random_inception_file):
                      weights=wrong)  # fmt: skip
     state = load_inception_state(random_inception_file)
     assert state["fc.weight"].shape == (1008, 2048)
+    # converted checkpoints without BatchNorm step counters still load
+    lean = tmp_path / "lean.pth"
+    torch.save({k: v for k, v in state.items() if "num_batches" not in k}, lean)
+    assert "fc.bias" in load_inception_state(lean)
 
 
 # --- streaming, custom extractors, small sets ----------------------------------------------------

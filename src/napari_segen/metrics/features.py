@@ -132,7 +132,8 @@ def load_inception_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FeatureWeightsError(f"{path} does not hold a state dict of tensors")
     expected = _inception_shapes()
-    missing = sorted(set(expected) - set(state))
+    # converted checkpoints may lack BatchNorm's step counters; torch fills those in
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
     if missing or wrong:
         detail = f"{len(missing)} missing tensor(s)" if missing else f"{len(wrong)} wrong shape(s)"
@@ -140,7 +141,7 @@ def load_inception_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} is not the FID Inception-v3 weights ({detail}, e.g. "
             f"{(missing or wrong)[0]}); use {INCEPTION_FILES[0]}"
         )
-    return {k: state[k] for k in expected}
+    return {k: state[k] for k in expected if k in state}
 
 
 def _inception_shapes() -> dict[str, tuple[int, ...]]:
@@ -363,6 +364,8 @@ def iter_features(
         return im.shape[:2] + ((3,) if im.ndim == 3 else ())
 
     for image in iter_planes(images):
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
         if batch and (len(batch) >= batch_size or _shape(batch[0]) != _shape(image)):
             chunks.append(np.asarray(extractor(batch), np.float64))
             done += len(batch)

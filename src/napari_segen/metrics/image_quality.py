@@ -197,9 +197,9 @@ def summarize(values: list[float]) -> dict[str, Any]:
     if n == 0:
         return {"mean": None, "std": None, "n": 0}
     arr = np.asarray(values, np.float64)
-    if np.isinf(arr).any():
-        finite = bool(np.isinf(arr).all())
-        return {"mean": math.inf, "std": 0.0 if finite else math.nan, "n": n}
+    if np.isinf(arr).any():  # identical pairs have an infinite PSNR
+        all_inf = bool(np.isinf(arr).all())
+        return {"mean": math.inf, "std": 0.0 if all_inf else math.nan, "n": n}
     return {"mean": float(arr.mean()), "std": float(arr.std()), "n": n}
 
 

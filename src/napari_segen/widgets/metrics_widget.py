@@ -284,7 +284,8 @@ class MetricsWidget(Container):
                 raise ValueError(f"the folder {path} holds no image files")
             return ImageFiles(files), files, path.name
         layer = self.viewer.layers[combo.value]
-        return _LayerImages(layer.data, bool(layer.rgb)), None, layer.name
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return _LayerImages(data, bool(layer.rgb)), None, layer.name
 
     # --- running -------------------------------------------------------------
     def run(self, *_: Any) -> None:
