@@ -57,6 +57,9 @@ def test_train_generate_export_score(widget, qtbot, tmp_path):
     # the readout: scored on the training pair as none was held out
     assert w.last_quality is not None and "ssim" in w.last_quality
     assert "SSIM" in w.quality_text.value
+    if w.readout is not None:
+        assert w.readout.result is w.last_quality
+        assert w.readout.ssim.value != "-"
 
     w.generate()
     _wait(qtbot, w)

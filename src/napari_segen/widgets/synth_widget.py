@@ -133,7 +133,7 @@ def _progress_of(event: Any) -> tuple[int, int] | None:
 
 
 def _make_readout() -> Any:
-    """The metrics helper's readout when available, else a plain label."""
+    """The metrics widget's readout (explains each figure), or None when it is absent."""
     try:
         from .metrics_widget import MetricsReadout
     except ImportError:
@@ -203,6 +203,7 @@ class SynthesizeWidget(Container):
         ]  # fmt: skip
         if self.readout is not None:
             widgets.append(self.readout)
+            self.quality_text.visible = False  # the readout shows the same, explained
         self.extend(widgets)
 
         buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
@@ -439,10 +440,5 @@ class SynthesizeWidget(Container):
         self.last_quality = quality
         self.quality_text.value = format_quality(quality)
         if self.readout is not None:
-            for method in ("set_result", "show_result", "update_result", "set_value"):
-                if hasattr(self.readout, method):
-                    getattr(self.readout, method)(quality)
-                    break
-            else:
-                self.readout.value = quality
+            self.readout.set_result(quality)
         self.status.value = "quality: " + quality.get("message", "")[:200]
