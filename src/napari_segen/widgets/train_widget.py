@@ -8,10 +8,14 @@ class 0, label 2 = class 1...), press **Train**, and a minute later press
 (:class:`~napari_segen.widgets._worker.TaskRunner`): the viewer stays
 responsive, a napari progress bar and a loss / validation-Dice plot follow
 the run, and Cancel stops it at the next step, keeping the best model so far.
+The GUI-thread side only appends numbers per event; the plot is a QPainter
+widget repainted by a timer at most every 0.4 s (a matplotlib redraw costs
+50-150 ms of GUI time on a busy CPU, which made the viewer stutter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -30,6 +34,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ..data.augment import AugmentConfig
 from ..data.datasets import pairs_from_folders, split_image_region, split_pairs
@@ -175,6 +182,7 @@ class TrainWidget(Container):
             ]
         )  # fmt: skip
         self._setup_plot()
+        self._fix_status_size()
 
         buttons = [self.start_button, self.resegment_button]
         self.runner = TaskRunner(buttons, self.cancel_button, _progress_of)
@@ -185,10 +193,10 @@ class TrainWidget(Container):
         self.start_model.changed.connect(self._on_start_changed)
         self.image_layer.changed.connect(self._on_image_changed)
         self.out_path.changed.connect(self._on_out_edited)
-        catalog.changed.connect(self.start_model.reset_choices)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        viewer.layers.events.moved.connect(self.reset_choices)
+        catalog.changed.connect(self._on_catalog_changed)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+        viewer.layers.events.moved.connect(self._on_layers_changed)
         self._on_image_changed(self.image_layer.value)
 
     # --- choices -------------------------------------------------------------
@@ -204,6 +212,17 @@ class TrainWidget(Container):
 
     def _start_choices(self, _=None) -> list[str]:
         return [*catalog.choices(), _FILE_CHOICE, _SCRATCH_CHOICE]
+
+    def _on_catalog_changed(self, *_: Any) -> None:
+        # The catalogue outlives this widget: once its Qt side is gone, stop listening.
+        try:
+            self.start_model.reset_choices()
+        except RuntimeError:
+            catalog.changed.disconnect(self._on_catalog_changed)
+
+    def _on_layers_changed(self, *_: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the widget was closed, the viewer lives on
+            self.reset_choices()
 
     def _on_use_folders(self, value: bool) -> None:
         self.images_dir.visible = self.masks_dir.visible = bool(value)
@@ -247,46 +266,32 @@ class TrainWidget(Container):
             return "default"
         return catalog.path_for(choice)
 
+    def _fix_status_size(self) -> None:
+        """Changing status text must not re-layout the window (that re-renders the canvas)."""
+        from qtpy.QtWidgets import QSizePolicy
+
+        label = self.status.native
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        label.setWordWrap(False)
+
     # --- the plot ------------------------------------------------------------
     def _setup_plot(self) -> None:
-        self.canvas = None
-        try:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-            from matplotlib.figure import Figure
-        except ImportError:  # matplotlib is optional: the status line still reports
-            return
         from qtpy.QtCore import QTimer
 
-        fig = Figure(figsize=(3.6, 2.4), tight_layout=True)
-        self.ax_loss = fig.add_subplot(111)
-        self.ax_loss.set_xlabel("step")
-        self.ax_loss.set_ylabel("loss", color="tab:blue")
-        self.ax_dice = self.ax_loss.twinx()
-        self.ax_dice.set_ylabel("val Dice", color="tab:orange")
-        self.ax_dice.set_ylim(0, 1)
-        (self._loss_line,) = self.ax_loss.plot([], [], color="tab:blue", lw=1)
-        (self._dice_line,) = self.ax_dice.plot([], [], "o-", color="tab:orange", ms=3)
-        self.canvas = FigureCanvasQTAgg(fig)
-        self.canvas.setMinimumHeight(180)
-        self.native.layout().addWidget(self.canvas)
-        # Redraw at most every _PLOT_INTERVAL_MS: event handlers only append numbers.
+        self.plot = TrainingPlot()
+        self.native.layout().addWidget(self.plot)
+        # Repaint at most every _PLOT_INTERVAL_MS: event handlers only append numbers.
         self._plot_timer = QTimer(self.native)
         self._plot_timer.setInterval(_PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._redraw)
         self._plot_timer.start()
 
     def _redraw(self) -> None:
-        if not self._plot_dirty or self.canvas is None:
+        if not self._plot_dirty:
             return
         self._plot_dirty = False
         h = self.history
-        self._loss_line.set_data(h["step"], h["loss"])
-        self._dice_line.set_data(h["val_step"], h["dice"])
-        if h["step"]:
-            self.ax_loss.set_xlim(0, max(h["step"][-1], 1) * 1.02)
-            lo, hi = min(h["loss"]), max(h["loss"])
-            self.ax_loss.set_ylim(min(0, lo), hi * 1.05 + 1e-6)
-        self.canvas.draw_idle()
+        self.plot.set_data(h["step"], h["loss"], h["val_step"], h["dice"])
 
     # --- training ------------------------------------------------------------
     def build_job(self) -> TrainJob:
@@ -490,3 +495,81 @@ def _progress_of(event: Any) -> tuple[int, int] | None:
 def _predict_progress_of(event: Any) -> tuple[int, int] | None:
     done, total = getattr(event, "done", None), getattr(event, "total", None)
     return (done, total) if done is not None else None
+
+
+class TrainingPlot(QWidget):
+    """Training loss (left scale) and validation Dice (right scale, 0-1) against the step.
+
+    Drawn with QPainter: a repaint costs well under a millisecond, so the
+    GUI thread stays free while training runs (a matplotlib redraw of the
+    same plot takes 50-150 ms on a busy CPU).
+    """
+
+    LOSS = QColor(31, 119, 180)
+    DICE = QColor(255, 127, 14)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setMinimumHeight(150)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.steps: list[float] = []
+        self.loss: list[float] = []
+        self.val_steps: list[float] = []
+        self.dice: list[float] = []
+
+    def set_data(self, steps, loss, val_steps, dice) -> None:
+        self.steps, self.loss = list(steps), list(loss)
+        self.val_steps, self.dice = list(val_steps), list(dice)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        fg = self.palette().color(self.foregroundRole())
+        w, h = self.width(), self.height()
+        left, right, top, bottom = 8, 8, 18, 18
+        box = QRectF(left, top, max(w - left - right, 1), max(h - top - bottom, 1))
+        p.setPen(QPen(fg, 1))
+        p.drawRect(box)
+        xmax = max(self.steps[-1] if self.steps else 1, 1)
+        finite = [v for v in self.loss if np.isfinite(v)]
+        lmax = max(max(finite, default=1.0), 1e-6) * 1.05
+
+        def pt(x: float, y: float, ymax: float) -> QPointF:
+            return QPointF(
+                box.left() + box.width() * x / xmax,
+                box.bottom() - box.height() * min(max(y / ymax, 0.0), 1.0),
+            )
+
+        n = len(self.steps)
+        if n:
+            stride = max(1, n // int(box.width()))  # at most one point per pixel
+            poly = QPolygonF(
+                [pt(self.steps[i], self.loss[i], lmax) for i in range(0, n, stride)
+                 if np.isfinite(self.loss[i])]
+            )  # fmt: skip
+            p.setPen(QPen(self.LOSS, 1.2))
+            p.drawPolyline(poly)
+        if self.dice:
+            pts = [pt(s, d, 1.0) for s, d in zip(self.val_steps, self.dice, strict=False)
+                   if np.isfinite(d)]  # fmt: skip
+            p.setPen(QPen(self.DICE, 1.5))
+            p.drawPolyline(QPolygonF(pts))
+            p.setBrush(self.DICE)
+            for q in pts:
+                p.drawEllipse(q, 2.5, 2.5)
+        p.setPen(fg)
+        last_loss = f"{self.loss[-1]:.3f}" if self.loss else "-"
+        last_dice = f"{self.dice[-1]:.3f}" if self.dice else "-"
+        p.setPen(self.LOSS)
+        p.drawText(QPointF(left, top - 5), f"loss {last_loss} (max {lmax / 1.05:.2f})")
+        p.setPen(self.DICE)
+        label = f"val Dice {last_dice} (0-1)"
+        p.drawText(
+            QRectF(w / 2, 0, w / 2 - right, top - 2),
+            int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignBottom),
+            label,
+        )
+        p.setPen(fg)
+        p.drawText(QPointF(left, h - 4), f"step {int(xmax) if self.steps else 0}")
+        p.end()

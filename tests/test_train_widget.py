@@ -1,0 +1,146 @@
+"""The Train widget in a real viewer: trains off the GUI thread, plots, cancels, re-segments."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_segen.data.image_io import read_image, read_mask
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def viewer_with_corrections(make_napari_viewer, isbi_dir):
+    """A viewer with a 128 x 128 ISBI crop and its corrected ``<image> labels`` layer."""
+    viewer = make_napari_viewer()
+    img = read_image(isbi_dir / "train" / "images" / "00.png")[:128, :128]
+    mask = read_mask(isbi_dir / "train" / "masks" / "00.png", {0: 1, 255: 0})[:128, :128]
+    viewer.add_image(img, name="em")
+    viewer.add_labels(mask.astype(np.uint8), name="em labels")
+    return viewer
+
+
+@pytest.fixture
+def widget(viewer_with_corrections, tiny_model_file, tmp_path):
+    from napari_segen.widgets.train_widget import _FILE_CHOICE, TrainWidget
+
+    w = TrainWidget(viewer_with_corrections)
+    viewer_with_corrections.window.add_dock_widget(w, name="Train")
+    w.start_model.value = _FILE_CHOICE
+    w.start_file.value = tiny_model_file
+    w.device.value = "cpu"
+    w.val_split.value = 0.3
+    w.out_path.value = tmp_path / "retrained.safetensors"
+    w.config_overrides = dict(crop_size=64, batch_size=2, samples_per_epoch=8, patience=None)
+    return w
+
+
+class StallMeter:
+    """Records the longest gap between ticks of a 10 ms QTimer on the GUI thread."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return max(self.gaps) if self.gaps else float("inf")
+
+
+def test_picks_the_matching_labels_layer(widget):
+    assert widget.image_layer.value.name == "em"
+    assert widget.labels_layer.value.name == "em labels"
+    job = widget.build_job()
+    assert job.mode == "dense" and job.labels.shape == (128, 128)
+    job.labels[:] = 0  # a snapshot: the layer is not touched
+    assert widget.labels_layer.value.data.any()
+
+
+def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, tmp_path):
+    from napari_segen.widgets._model_catalog import catalog
+
+    widget.epochs.value = 3
+    meter = StallMeter()
+    meter.start()
+    widget.start()
+    assert not widget.start_button.enabled and widget.cancel_button.enabled
+    # The napari progress bar follows the steps.
+    qtbot.waitUntil(
+        lambda: widget.runner._pbar is not None and widget.runner._pbar.n > 0, timeout=60_000
+    )
+    assert widget.runner._pbar.total == 3 * 4
+    qtbot.waitUntil(
+        lambda: not widget.runner.running and widget.start_button.enabled, timeout=180_000
+    )
+    longest = meter.stop()
+    print(
+        f"\nlongest GUI-thread stall during training: {longest * 1000:.0f} ms "
+        f"over {len(meter.gaps)} ticks"
+    )
+    assert longest < 0.2
+
+    out = tmp_path / "retrained.safetensors"
+    assert out.is_file() and widget.last_model_path == out
+    assert len(widget.history["step"]) == 12 and len(widget.history["dice"]) == 3
+    assert "done" in widget.status.value
+    assert catalog.label(out) in catalog.choices()  # the Segment widget lists it
+    assert widget.start_model.value == catalog.label(out)  # next round starts from it
+    assert widget.out_path.value != out  # and will not overwrite it
+    widget._redraw()
+    assert len(widget.plot.steps) == 12 and len(widget.plot.dice) == 3
+    assert not widget.plot.grab().isNull()  # the plot paints
+
+    # One click: re-segment the image with the new model into "em labels".
+    labels = widget.viewer.layers["em labels"]
+    labels.data = np.full_like(labels.data, 7)  # no 2-class model predicts 7
+    widget.resegment()
+    qtbot.waitUntil(lambda: "re-segmented" in widget.status.value, timeout=60_000)
+    assert labels.data.max() <= 1  # updated in place, no new layer
+    assert len(widget.viewer.layers) == 2
+
+
+def test_cancel_keeps_best_model_so_far(widget, qtbot, tmp_path):
+    widget.epochs.value = 200
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history["dice"]) >= 1, timeout=120_000)
+    widget.cancel()
+    qtbot.waitUntil(
+        lambda: not widget.runner.running and widget.start_button.enabled, timeout=60_000
+    )
+    assert widget.runner.cancelled
+    assert "cancelled" in widget.status.value
+    assert len(widget.history["dice"]) < 200
+    out = tmp_path / "retrained.safetensors"
+    assert out.is_file() and widget.resegment_button.enabled  # the best model so far is usable
+    assert out.with_name("retrained.last.safetensors").is_file()  # and the run can be resumed
+
+
+def test_errors_are_shown_as_sentences(widget, monkeypatch):
+    import napari_segen.widgets.train_widget as tw
+
+    shown = []
+    monkeypatch.setattr(tw, "show_error", shown.append)
+    widget.out_path.value = widget.start_file.value  # an existing file, overwrite not ticked
+    widget.start()
+    assert len(shown) == 1 and "already exists" in shown[0] and "Overwrite" in shown[0]
+    widget.viewer.layers.remove("em labels")
+    widget.start()
+    assert "choose the Labels layer" in shown[1]
+    assert not widget.runner.running
