@@ -133,7 +133,7 @@ def test_sparse_strokes_train_a_better_model(isbi_dir, held_out, tmp_path):
     before = membrane_dice(start, held_out)
     cfg = TrainConfig(
         epochs=6, batch_size=4, crop_size=96, samples_per_epoch=16, lr=3e-3, patience=None,
-        device="cpu", seed=0, time_limit_s=60,
+        device="cpu", seed=0,
     )  # fmt: skip
     _run(train_segmentation(pairs, [], tmp_path / "sparse.safetensors", start=start, config=cfg))
     after = membrane_dice(load_model(tmp_path / "sparse.safetensors"), held_out)
