@@ -132,3 +132,24 @@ def test_only_the_displayed_slice_of_a_stack(qtbot, widget):
     _run_and_wait(qtbot, w)
     assert out.data[0].any()
     np.testing.assert_array_equal(out.data[2], before)
+
+
+def test_closed_widget_ignores_later_events(qtbot, widget, tiny_model_file):
+    from napari_segen.widgets._model_catalog import catalog
+
+    viewer, w = widget
+    w.native.close()
+    w.native.deleteLater()
+    qtbot.wait(50)
+    catalog.add(tiny_model_file)  # the Train widget does this when a run ends
+    viewer.add_image(np.zeros((8, 8)))
+
+
+def test_double_click_starts_one_task(qtbot, widget, blobs_image):
+    viewer, w = widget
+    w.image.value = viewer.add_image(blobs_image[0], name="cells")
+    w.run()
+    first = w.runner.worker
+    w.run()  # a second click before the thread has started
+    assert w.runner.worker is first
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=60_000)

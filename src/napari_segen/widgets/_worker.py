@@ -38,13 +38,14 @@ class TaskRunner:
         self.progress_of = progress_of
         self.worker: GeneratorWorker | None = None
         self.cancelled = False
+        self._busy = False  # set at start(), before the thread runs: no double starts
         self._pbar: progress | None = None
         cancel_button.enabled = False
         cancel_button.changed.connect(self.cancel)
 
     @property
     def running(self) -> bool:
-        return self.worker is not None and self.worker.is_running
+        return self._busy
 
     def start(
         self,
@@ -82,6 +83,7 @@ class TaskRunner:
             show_error(f"{description} failed: {err}")
 
         def _finished() -> None:
+            self._busy = False
             if self._pbar is not None:
                 self._pbar.close()
                 self._pbar = None
@@ -101,11 +103,12 @@ class TaskRunner:
             b.enabled = False
         self.cancel_button.enabled = True
         self.worker = worker
+        self._busy = True
         worker.start()
         return worker
 
     def cancel(self, *_: Any) -> None:
         """Ask the running task to stop at its next step."""
-        if self.running:
+        if self.running and self.worker is not None:
             self.cancelled = True
             self.worker.quit()

@@ -74,9 +74,9 @@ class SegmentWidget(Container):
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._show_classes)
         self.run_button.changed.connect(self.run)
-        catalog.changed.connect(self.model.reset_choices)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
+        catalog.changed.connect(self._refresh_models)
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
         self._show_classes()
 
     # --- choices -------------------------------------------------------------
@@ -89,6 +89,22 @@ class SegmentWidget(Container):
         return [_NEW_LAYER] + [
             layer.name for layer in self.viewer.layers if isinstance(layer, Labels)
         ]
+
+    def _refresh_models(self, *_) -> None:
+        self._if_alive(self.model.reset_choices, catalog.changed, self._refresh_models)
+
+    def _refresh_layers(self, *_) -> None:
+        events = self.viewer.layers.events
+        for emitter in (events.inserted, events.removed):
+            self._if_alive(self.reset_choices, emitter, self._refresh_layers)
+
+    @staticmethod
+    def _if_alive(update, signal, handler) -> None:
+        # After the dock widget is closed its Qt objects are gone: stop listening.
+        try:
+            update()
+        except RuntimeError:
+            signal.disconnect(handler)
 
     def _on_model_changed(self, value: str) -> None:
         self.model_file.visible = value == _FILE_CHOICE
@@ -120,6 +136,9 @@ class SegmentWidget(Container):
     # --- running -------------------------------------------------------------
     def run(self, *_) -> None:
         """Start segmenting the chosen image (returns at once; the work runs in a thread)."""
+        if self.runner.running:
+            show_info("Segmentation is already running; wait for it or press Cancel.")
+            return
         layer = self.image.value
         if layer is None:
             show_error("Add or select an image layer to segment first.")
