@@ -51,23 +51,22 @@ def run_to_end(gen, every: int = 0, label: str = ""):
             )
 
 
-def train_unet(pairs, test, seed: int, steps: int, crop: int, batch: int, device: str):
-    """A fresh U-Net trained for exactly ``steps`` steps; returns its held-out scores."""
-    from napari_segen.models import build_model
-    from napari_segen.models.model_file import LoadedModel
+def train_unet(pairs, test, seed: int, steps: int, crop: int, batch: int, device: str, path):
+    """A fresh U-Net trained for ``steps`` steps, saved to ``path``; its held-out scores."""
+    from napari_segen.models import load_model
     from napari_segen.training import TrainConfig, evaluate_model, new_unet_spec, train_segmentation
     from napari_segen.training.trainer import scores_to_metrics
 
     spec = new_unet_spec(1, CLASSES, depth=4, base_channels=16)
-    torch.manual_seed(seed)
-    model = LoadedModel(build_model(spec.architecture, **spec.arch_kwargs), spec)
     epochs = 10
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch, crop_size=crop, samples_per_epoch=steps * batch // epochs,
         device=device, seed=seed, patience=None, lr=2e-3,
     )  # fmt: skip
-    run_to_end(train_segmentation(pairs, [], None, start=model, config=cfg), 50, "  unet")
-    model.module.eval()
+    # No validation pairs: the last epoch's model is written to ``path``.
+    gen = train_segmentation(pairs, [], path, start=spec, config=cfg, overwrite=True)
+    run_to_end(gen, 50, "  unet")
+    model = load_model(path)
     scores = evaluate_model(model, test, tile_size=512, device=device)
     m = scores_to_metrics(scores, CLASSES)
     return {"membrane_dice": m["foreground_dice"], "mean_iou": m["mean_iou"]}
@@ -150,7 +149,7 @@ def main(argv=None) -> int:
             print(f"U-Net '{name}', seed {seed}", file=sys.stderr)
             results[name].append(
                 train_unet(pairs, test, seed, args.unet_steps, args.crop_size, args.batch_size,
-                           args.device)
+                           args.device, out / f"unet-{len(pairs)}pairs-seed{seed}.safetensors")
             )  # fmt: skip
     total_s = time.monotonic() - t0
 
