@@ -132,6 +132,15 @@ def _progress_of(event: Any) -> tuple[int, int] | None:
     return None
 
 
+def new_generator_path(folder: Path | None = None) -> Path:
+    """A new ``<folder>/pix2pix-generator[-N].safetensors`` (default: ~/napari-segen/models)."""
+    folder = folder or Path.home() / "napari-segen" / "models"
+    path, n = folder / "pix2pix-generator.safetensors", 2
+    while path.exists():
+        path, n = folder / f"pix2pix-generator-{n}.safetensors", n + 1
+    return path
+
+
 def _make_readout() -> Any:
     """The metrics widget's readout (explains each figure), or None when it is absent."""
     try:
@@ -174,7 +183,7 @@ class SynthesizeWidget(Container):
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.out_path = FileEdit(
             label="Save generator as", mode="w", filter="*.safetensors",
-            value=Path.home() / "napari-segen-models" / "pix2pix-generator.safetensors",
+            value=new_generator_path(),
         )  # fmt: skip
         self.resume = CheckBox(text="Resume the run saved in this file")
         self.overwrite = CheckBox(text="Overwrite an existing generator file")
@@ -184,7 +193,9 @@ class SynthesizeWidget(Container):
         self.stochastic = CheckBox(text="Dropout noise (a different image each time)")
         self.generate_button = PushButton(text="Generate image from labels")
         self.n_pairs = SpinBox(label="Pairs to export", value=20, min=1, max=1_000_000)
-        self.export_dir = FileEdit(label="Export folder", mode="d")
+        self.export_dir = FileEdit(
+            label="Export folder", mode="d", value=Path.home() / "napari-segen" / "synthetic"
+        )
         self.export_overwrite = CheckBox(text="Overwrite existing pairs")
         self.export_button = PushButton(text="Export synthetic pairs")
         self.score_button = PushButton(text="Score generator on image + labels")
