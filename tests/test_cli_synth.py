@@ -279,3 +279,30 @@ def test_evaluate_prints_metrics(generator, folders, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "SSIM" in text and "PSNR" in text
+
+
+def test_synth_train_takes_the_segmentation_sources_voc(tmp_path):
+    """The cGAN trains from the same sources as segmentation training, VOC included."""
+    from PIL import Image as PILImage
+
+    root = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    ids = [f"2008_00000{i}" for i in range(3)]
+    rng = np.random.default_rng(0)
+    for i in ids:
+        m = np.zeros((48, 48), np.uint8)
+        m[8:30, 8:30] = 12
+        im = PILImage.fromarray(m, mode="P")
+        im.putpalette([0, 0, 0] + [128, 64, 0] * 255)
+        im.save(root / "SegmentationClass" / f"{i}.png")
+        rgb = (np.stack([m * 10] * 3, -1) + rng.integers(0, 20, (48, 48, 3))).astype(np.uint8)
+        PILImage.fromarray(rgb).save(root / "JPEGImages" / f"{i}.jpg")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:2]))
+    (root / "ImageSets/Segmentation/val.txt").write_text(ids[2])
+    out = tmp_path / "voc_gen.safetensors"
+    args = ["synth", "train", "--voc", str(tmp_path), "--steps", "2", "--crop-size", "32",
+            "--ngf", "4", "--ndf", "4", "--n-layers", "2", "--device", "cpu", "--no-eval",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert out.is_file() and out.with_suffix(".json").is_file()

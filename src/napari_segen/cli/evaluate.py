@@ -6,8 +6,13 @@ import argparse
 import json
 import math
 
-from ._common import UserError, add_model_argument, resolve_model_path
-from .train import add_source_arguments, load_source_pairs
+from ._common import (
+    UserError,
+    add_model_argument,
+    add_source_arguments,
+    load_source_pairs,
+    resolve_model_path,
+)
 
 
 def add_parser(sub) -> None:

@@ -13,7 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import UserError, add_data_arguments, expand_inputs, load_pairs, progress_bar
+from ._common import (
+    UserError,
+    add_source_arguments,
+    expand_inputs,
+    load_source_pairs,
+    progress_bar,
+)
 
 
 def add_parser(sub) -> None:
@@ -45,7 +51,7 @@ def _add_train(ss) -> None:
         ".resume.safetensors training state); sample grids (mask | real | generated) go to "
         "<out>_samples/. Held-out pairs give an SSIM/PSNR/FID readout at the end.",
     )
-    add_data_arguments(t)
+    add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
     t.add_argument("--val-masks", help="folder of held-out masks")
     t.add_argument(
@@ -189,7 +195,7 @@ def _add_evaluate(ss) -> None:
         description="Generate an image for each mask in --masks and compare it with the real "
         "image of the same name in --images (use held-out pairs).",
     )
-    add_data_arguments(v)
+    add_source_arguments(v)
     v.add_argument("--model", "-m", required=True, help="generator model file (.safetensors)")
     v.add_argument("--no-fid", action="store_true", help="SSIM and PSNR only")
     v.add_argument(
@@ -253,15 +259,21 @@ def _drive(gen, on_event=None):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..data.datasets import split_pairs
+    from ..data.datasets import pairs_from_folders, split_pairs
+    from ..data.image_io import parse_value_map
     from ..synthesis.quality import format_quality
     from ..synthesis.trainer import SynthConfig, train_pix2pix
 
-    pairs = load_pairs(args)
+    pairs, voc_val, _ = load_source_pairs(args, "train")
     if args.val_images or args.val_masks:
         if not (args.val_images and args.val_masks):
             raise UserError("give both --val-images and --val-masks")
-        train_pairs, val_pairs = pairs, load_pairs(args, args.val_images, args.val_masks)
+        val_pairs = pairs_from_folders(
+            args.val_images, args.val_masks, parse_value_map(args.mask_map), args.sparse
+        )
+        train_pairs = pairs
+    elif voc_val:
+        train_pairs, val_pairs = pairs, voc_val
     else:
         train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=args.seed)
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -437,7 +449,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..synthesis.quality import evaluate_generator, format_quality
 
     model = _load_generator(args.model, args.device)
-    pairs = load_pairs(args)
+    pairs, _, _ = load_source_pairs(args, "val")
     q = evaluate_generator(
         model, pairs, device=args.device, fid=not args.no_fid, extractor=args.fid_features
     )

@@ -11,83 +11,13 @@ import argparse
 import json
 import sys
 
-from ._common import UserError, progress_bar, resolve_model_path
-
-
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """Data-source options shared by ``train`` and ``evaluate``."""
-    g = p.add_argument_group("data (give at least one source)")
-    g.add_argument("--images", help="folder of images")
-    g.add_argument("--masks", help="folder of masks named like their images")
-    g.add_argument(
-        "--voc",
-        metavar="DIR",
-        help="Pascal VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
-    )
-    g.add_argument(
-        "--voc-split",
-        default=None,
-        help="VOC split to use (default: train for training with val for validation, "
-        "val for evaluate)",
-    )
-    g.add_argument("--voc-limit", type=int, default=None, help="use only the first N VOC images")
-    g.add_argument("--stack-image", metavar="TIF", help="image stack TIFF (Z, H, W[, C])")
-    g.add_argument(
-        "--stack-labels",
-        metavar="TIF",
-        help="label stack TIFF matching --stack-image; all-0 slices are skipped",
-    )
-    g.add_argument(
-        "--mask-map",
-        default=None,
-        help="map raw mask values to classes, e.g. '0:1,255:0' for ISBI's membrane=0 masks "
-        "(default: 0/255 masks become 0/1, other values are class indices)",
-    )
-    g.add_argument(
-        "--sparse",
-        action="store_true",
-        help="masks/labels are sparse strokes: 0 = not annotated (ignored), label k = class k-1",
-    )  # fmt: skip
-
-
-def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list | None, list]:
-    """``(pairs, voc_validation_pairs or None, class_names_hint)`` from the source arguments."""
-    from ..data.image_io import parse_value_map
-    from ..data.sources import (
-        DENSE,
-        SPARSE,
-        VOC_CLASSES,
-        pairs_from_folders,
-        pairs_from_tiff_stacks,
-        pairs_from_voc,
-    )
-
-    mode = SPARSE if args.sparse else DENSE
-    value_map = parse_value_map(args.mask_map)
-    pairs: list = []
-    voc_val = None
-    names: list[str] = []
-    if bool(args.images) != bool(args.masks):
-        raise UserError("give both --images and --masks (folders of images and of their masks)")
-    if bool(args.stack_image) != bool(args.stack_labels):
-        raise UserError("give both --stack-image and --stack-labels")
-    if args.images:
-        pairs += pairs_from_folders(
-            args.images, args.masks, value_map=value_map, sparse=args.sparse
-        )
-    if args.stack_image:
-        pairs += pairs_from_tiff_stacks(args.stack_image, args.stack_labels, mode, value_map)
-    if args.voc:
-        voc_split = args.voc_split or split
-        pairs += pairs_from_voc(args.voc, voc_split, args.voc_limit)
-        if split == "train" and args.voc_split is None:
-            voc_val = pairs_from_voc(args.voc, "val", args.voc_limit) or None
-        names = list(VOC_CLASSES)
-    if not pairs:
-        raise UserError(
-            "no data: give --images and --masks, --voc DIR, or --stack-image and --stack-labels"
-        )
-    return pairs, voc_val, names
+from ._common import (
+    UserError,
+    add_source_arguments,
+    load_source_pairs,
+    progress_bar,
+    resolve_model_path,
+)
 
 
 def add_parser(sub) -> None:
