@@ -232,3 +232,25 @@ def test_checkpoint_errors_are_sentences(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a valid checkpoint"):
         read_checkpoint_meta(bad)
+
+
+def test_result_returns_the_trained_model_without_touching_the_start(blobs_image, tiny_unet):
+    import torch
+
+    from napari_segen.data.datasets import LabeledImage
+    from napari_segen.training import TrainConfig, train_segmentation
+
+    img, mask = blobs_image
+    before = {k: v.clone() for k, v in tiny_unet.module.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=2, crop_size=32, samples_per_epoch=4, device="cpu")
+    gen = train_segmentation([LabeledImage(img, mask)], [], None, start=tiny_unet, config=cfg)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.model is not None and not result.model.module.training
+    trained = result.model.module.state_dict()
+    assert any(not torch.equal(trained[k], before[k]) for k in before)
+    assert all(torch.equal(tiny_unet.module.state_dict()[k], before[k]) for k in before)

@@ -106,13 +106,18 @@ class TrainEvent:
 
 @dataclass
 class TrainResult:
-    """How a run ended: the model file, best validation metrics, history per epoch."""
+    """How a run ended: the model file, best validation metrics, history per epoch.
+
+    ``model`` is the trained model as it stands after the last epoch (in eval
+    mode); the best one on validation is the file at ``path``.
+    """
 
     path: Path | None
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
     stopped_early: bool
     seconds: float
+    model: LoadedModel | None = None
 
 
 def new_unet_spec(
@@ -425,7 +430,12 @@ def train_segmentation(
             break
     module.eval()
     return TrainResult(
-        out_path, best_metrics, history, stopped_early, seconds_before + time.monotonic() - t0
+        out_path,
+        best_metrics,
+        history,
+        stopped_early,
+        seconds_before + time.monotonic() - t0,
+        model=loaded,
     )
 
 
