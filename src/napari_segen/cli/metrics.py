@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..utils.generators import drive
 from ._common import UserError, progress_bar
 
 
@@ -89,16 +90,15 @@ def _jsonable(x: Any) -> Any:
 def _drive(gen, desc: str, quiet: bool):
     """Run a metrics generator with a tqdm bar; return its result."""
     bar = progress_bar(None, desc, disable=quiet)
+
+    def _update(event) -> None:
+        if event.total and bar.total != event.total:
+            bar.total = event.total
+        bar.n = event.done
+        bar.refresh()
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if event.total and bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
-            bar.refresh()
+        return drive(gen, _update)
     finally:
         bar.close()
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..utils.generators import drive
 from ._common import (
     UserError,
     add_source_arguments,
@@ -248,14 +249,8 @@ def _read_masks(items: list[str], mask_map: str | None):
 
 
 def _drive(gen, on_event=None):
-    """Run a progress generator, updating a tqdm bar; return its result."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
+    """Run a progress generator, passing events to ``on_event``; return its result."""
+    return drive(gen, on_event)
 
 
 def run_train(args: argparse.Namespace) -> int:

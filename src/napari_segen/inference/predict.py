@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..data.normalize import normalize_image, to_channels_first
 from ..models.model_file import LoadedModel
 from ..utils.devices import resolve_device
+from ..utils.generators import drive
 from .tiling import blend_window, plan_tiles, round_up
 
 
@@ -157,9 +158,4 @@ def _forward(module: torch.nn.Module, batch: torch.Tensor, dev: torch.device) ->
 
 def predict(model: LoadedModel, image: np.ndarray, **kwargs) -> Prediction:
     """Run :func:`iter_predict` to the end and return its :class:`Prediction`."""
-    gen = iter_predict(model, image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(iter_predict(model, image, **kwargs))

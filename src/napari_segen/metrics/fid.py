@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
+from ..utils.generators import drive
 from .features import (
     FeatureExtractor,
     InceptionFeatures,
@@ -386,11 +387,7 @@ def set_distance(
         kid_subset_size=kid_subset_size,
         data_range=data_range,
     )
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(gen)
 
 
 def format_distance(result: dict[str, Any]) -> list[str]:

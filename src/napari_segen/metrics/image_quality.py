@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from ..utils.generators import drive
+
 SSIM_HELP = (
     "SSIM (structural similarity, 1 = identical, 0 = unrelated) compares local means, "
     "contrasts and correlations of two images of the same scene. Variant: Wang et al. 2004 "
@@ -266,8 +268,4 @@ def paired_quality(
         population standard deviation over pairs).
     """
     gen = iter_paired_quality(reals, fakes, data_range)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(gen)

@@ -27,6 +27,7 @@ from ..inference.tiling import blend_window, plan_tiles, round_up
 from ..models.model_file import LoadedModel, ModelFileError, load_model
 from ..utils.atomic import OverwriteError, atomic_path
 from ..utils.devices import resolve_device
+from ..utils.generators import drive
 from .masks import MaskTransformConfig, iter_random_masks
 
 
@@ -325,8 +326,4 @@ def export_pairs(
 
 def run_to_end(gen: Generator):
     """Exhaust a progress generator and return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(gen)

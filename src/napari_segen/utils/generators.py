@@ -1,0 +1,25 @@
+"""Running the core's progress generators to their end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import TypeVar
+
+E = TypeVar("E")
+R = TypeVar("R")
+
+
+def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = None) -> R:
+    """Run ``gen`` to its end, passing each yielded event to ``on_event``; return its value.
+
+    The core's long tasks (prediction, training, metrics, generation) are
+    generators that yield progress and return a result; GUI workers iterate them
+    (cancel = stop iterating), everything else drives them with this.
+    """
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
