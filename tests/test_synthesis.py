@@ -22,9 +22,9 @@ from napari_segen.synthesis import (
     resume_state_path,
     train_pix2pix,
 )
-from napari_segen.synthesis.generate import run_to_end
 from napari_segen.synthesis.trainer import read_training_state
 from napari_segen.utils.atomic import OverwriteError
+from napari_segen.utils.generators import drive
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,9 +132,9 @@ def test_model_file_round_trip(trained):
 def test_resume_continues_from_checkpoint(tmp_path):
     pairs = _blob_pairs(2)
     out = tmp_path / "g.safetensors"
-    run_to_end(train_pix2pix(pairs, out, config=_tiny(steps=20)))
+    drive(train_pix2pix(pairs, out, config=_tiny(steps=20)))
     with pytest.raises(OverwriteError):
-        run_to_end(train_pix2pix(pairs, out, config=_tiny(steps=20)))
+        drive(train_pix2pix(pairs, out, config=_tiny(steps=20)))
     before = load_model(out).module.state_dict()
     gen = train_pix2pix(pairs, out, config=_tiny(steps=30), resume=True)
     steps = []
@@ -157,24 +157,24 @@ def test_resume_continues_from_checkpoint(tmp_path):
 
 def test_resume_without_state_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot resume"):
-        run_to_end(
+        drive(
             train_pix2pix(_blob_pairs(1), tmp_path / "x.safetensors", config=_tiny(), resume=True)
         )
 
 
 def test_bad_settings_are_explained():
     with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
-        run_to_end(train_pix2pix(_blob_pairs(1), None, config=_tiny(crop_size=40)))
+        drive(train_pix2pix(_blob_pairs(1), None, config=_tiny(crop_size=40)))
     with pytest.raises(ValueError, match="gan_loss"):
-        run_to_end(train_pix2pix(_blob_pairs(1), None, config=_tiny(gan_loss="wgan")))
+        drive(train_pix2pix(_blob_pairs(1), None, config=_tiny(gan_loss="wgan")))
     with pytest.raises(ValueError, match="no training pairs"):
-        run_to_end(train_pix2pix([], None, config=_tiny()))
+        drive(train_pix2pix([], None, config=_tiny()))
 
 
 def test_rgb_three_classes_bce(tmp_path):
     pairs = _blob_pairs(2, classes=3, rgb=True)
     cfg = _tiny(steps=4, gan_loss="bce", norm="batch", batch_size=2, sample_every=0)
-    result = run_to_end(train_pix2pix(pairs, tmp_path / "rgb.safetensors", config=cfg))
+    result = drive(train_pix2pix(pairs, tmp_path / "rgb.safetensors", config=cfg))
     assert result.model.spec.in_channels == 3
     assert result.model.spec.num_classes == 3
     img = generate_image(result.model, pairs[0].mask, device="cpu")

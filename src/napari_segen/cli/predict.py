@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..utils.atomic import atomic_path, check_writable
     from ..utils.devices import resolve_device
+    from ..utils.generators import drive
 
     resolve_device(args.device)  # fail before any work on a bad device
     files = expand_inputs(args.inputs)
@@ -86,15 +87,13 @@ def run(args: argparse.Namespace) -> int:
             return_probabilities=args.probabilities,
         )
         with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:
-            while True:
-                try:
-                    prog = next(gen)
-                    bar.total = prog.total
-                    bar.n = prog.done
-                    bar.refresh()
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+
+            def _show(prog, bar=bar) -> None:
+                bar.total = prog.total
+                bar.n = prog.done
+                bar.refresh()
+
+            result = drive(gen, _show)
         write_labels(dest, result.labels, overwrite=args.overwrite)
         if result.probabilities is not None:
             with atomic_path(out_dir / f"{f.stem}_probs.tif", args.overwrite) as tmp:

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from ..utils.generators import drive
 from ._common import (
     UserError,
     add_source_arguments,
@@ -279,12 +280,8 @@ def _run(args, dist_info, split_pairs) -> int:
     )
     bar = progress_bar(None, "training", args.quiet or not main_rank)
     try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+
+        def _report(ev) -> None:
             if ev.kind == "step":
                 bar.total = ev.total_steps
                 bar.n = ev.step
@@ -300,6 +297,8 @@ def _run(args, dist_info, split_pairs) -> int:
                 bar.write(line)
             elif ev.kind == "saved" and main_rank:
                 bar.write(f"  saved best model -> {ev.message}")
+
+        result = drive(gen, _report)
     finally:
         bar.close()
     if main_rank:

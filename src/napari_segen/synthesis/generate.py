@@ -321,9 +321,4 @@ def export_pairs(
     model: LoadedModel, masks: Sequence[np.ndarray], out_dir: str | os.PathLike, n: int, **kwargs
 ) -> ExportResult:
     """Run :func:`iter_export_pairs` to the end and return where it wrote."""
-    return run_to_end(iter_export_pairs(model, masks, out_dir, n, **kwargs))
-
-
-def run_to_end(gen: Generator):
-    """Exhaust a progress generator and return its result."""
-    return drive(gen)
+    return drive(iter_export_pairs(model, masks, out_dir, n, **kwargs))
