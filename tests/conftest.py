@@ -56,3 +56,15 @@ def blobs_image() -> tuple[np.ndarray, np.ndarray]:
         mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1
     image = (40 + 150 * mask + rng.normal(0, 15, mask.shape)).clip(0, 255).astype(np.uint8)
     return image, mask
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test's torch work on one thread.
+
+    Tiny convolutions on a shared 2-core CPU run far faster on one thread than on two.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,12 +1,28 @@
-"""Running the core's progress generators to their end."""
+"""Progress events and running the core's progress generators to their end."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TypeVar
 
 E = TypeVar("E")
 R = TypeVar("R")
+
+
+@dataclass
+class Progress:
+    """How far a long task is: ``done`` steps of ``total`` (0 = unknown), with a message.
+
+    The one progress event of the core: prediction (tiles), metrics (images),
+    generation and export (images; ``path`` names a file just written).
+    Training yields its own richer events, which carry ``done``/``total`` too.
+    """
+
+    done: int
+    total: int
+    message: str = ""
+    path: str | None = None
 
 
 def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = None) -> R:
