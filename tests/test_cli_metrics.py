@@ -99,3 +99,18 @@ def test_bad_input_is_one_line_and_exit_2(folders, tmp_path, capsys):
     assert "no image files" in capsys.readouterr().err
     assert main(["metrics", str(real), str(fake), "--fid-weights", str(tmp_path / "w.pth")]) == 2
     assert "FID weights file not found" in capsys.readouterr().err
+
+
+def test_json_is_strict_when_scores_are_not_finite(tmp_path, capsys):
+    """Identical images have an infinite PSNR: strict JSON says null, never Infinity/NaN."""
+    real, fake = tmp_path / "r", tmp_path / "f"
+    real.mkdir()
+    fake.mkdir()
+    img = np.random.default_rng(2).integers(0, 255, (32, 32), dtype=np.uint8)
+    Image.fromarray(img).save(real / "a.png")
+    Image.fromarray(img).save(fake / "a.png")
+    assert main(["metrics", str(real), str(fake), "--no-fid", "--json"]) == 0
+    text = capsys.readouterr().out
+    out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert out["ssim"]["mean"] == pytest.approx(1.0)
+    assert out["psnr"]["mean"] is None

@@ -134,3 +134,22 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for cmd in ("predict", "train", "evaluate"):
         assert cmd in out
+
+
+def test_colour_images_give_png_and_stacks_tif(tmp_path, tiny_model_file):
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 4), dtype=np.uint8)).save(src / "rgba.png")
+    tifffile.imwrite(
+        src / "stack.tif",
+        rng.integers(0, 255, (2, 30, 40), dtype=np.uint8),
+        photometric="minisblack",
+    )
+    out = tmp_path / "out"
+    argv = ["predict", str(src), "-m", str(tiny_model_file), "-o", str(out), "-q"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert (out / "rgba.png").is_file() and (out / "stack.tif").is_file()
+    assert tifffile.imread(out / "stack.tif").shape == (2, 30, 40)

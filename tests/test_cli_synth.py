@@ -6,19 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from napari_segen.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared CPU run far faster on one thread than on two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +234,6 @@ def test_export_then_segmentation_train_accepts_it(generator, folders, tmp_path,
 
 
 def test_evaluate_prints_metrics(generator, folders, capsys):
-    pytest.importorskip("napari_segen.metrics.image_quality")
     code = main(
         [
             "synth",

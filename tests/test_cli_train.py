@@ -133,6 +133,22 @@ def test_train_on_voc_and_tiff_stacks(tmp_path, capsys):
     assert load_model(out).spec.num_classes == 3
 
 
+def test_a_single_image_is_split_by_region(tmp_path, capsys):
+    """One annotated image: the bottom rows validate, as in the Train widget."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (96, 64), dtype=np.uint8)
+    lab = (img > 128).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", lab, photometric="minisblack")
+    out = tmp_path / "one.safetensors"
+    args = ["train", "--stack-image", str(tmp_path / "img.tif"), "--stack-labels",
+            str(tmp_path / "lab.tif"), "--val-split", "0.4", *TINY, "--epochs", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "training on 1 image(s), validating on 1" in capsys.readouterr().err
+    assert load_model(out).spec.provenance["stack_image"] == str(tmp_path / "img.tif")
+
+
 def test_source_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "no data" in capsys.readouterr().err

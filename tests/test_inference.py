@@ -5,9 +5,21 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from napari_segen.inference import iter_predict, predict, spatial_layout
+from napari_segen.inference import (
+    iter_predict,
+    iter_sliding_window,
+    predict,
+    sliding_window,
+    spatial_layout,
+    tiling,
+)
+from napari_segen.inference.predict import class_labels
+from napari_segen.inference.sliding_window import plan_window
 from napari_segen.inference.tiling import plan_tiles
+from napari_segen.utils.generators import drive
 
 TILED = dict(tile_size=64, overlap=56, halo=24)  # halo > receptive radius of a depth-2 U-Net
 
@@ -68,11 +80,7 @@ def test_tiny_image_smaller_than_model_grid(tiny_unet):
 def test_progress_counts_every_tile(tiny_unet):
     gen = iter_predict(tiny_unet, np.zeros((2, 100, 100), np.uint8), batch_size=2, **TILED)
     events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration:
-        pass
+    drive(gen, events.append)
     assert events[0].done == 0
     assert events[-1].done == events[-1].total
     assert [e.done for e in events] == sorted(e.done for e in events)
@@ -104,3 +112,89 @@ def test_device_errors_are_sentences(tiny_unet):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         predict(tiny_unet, np.zeros((32, 32), np.uint8), device="cuda")
+
+
+def _conv3x3() -> torch.nn.Conv2d:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(2, 3, 3, padding=1).eval()
+
+
+@pytest.mark.parametrize("shape", [(45, 61), (33, 17), (3, 5)])
+def test_sliding_window_with_plain_callables(shape):
+    """Identity gives the input back; a conv gives the conv of the padded input, cropped."""
+    x = torch.from_numpy(np.random.default_rng(6).random((2, *shape)).astype(np.float32))
+    kw = dict(tile_size=32, overlap=16, halo=2, size_multiple=8, batch_size=3)
+    out = sliding_window(x, lambda b: b, **kw)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-6)
+    conv = _conv3x3()
+    hp, wp = -(-shape[0] // 8) * 8, -(-shape[1] // 8) * 8
+    mode = "reflect" if hp - shape[0] < shape[0] and wp - shape[1] < shape[1] else "replicate"
+    padded = F.pad(x[None], (0, wp - shape[1], 0, hp - shape[0]), mode=mode)
+    with torch.no_grad():
+        expected = conv(padded)[0, :, : shape[0], : shape[1]]
+        out = sliding_window(x, conv, **kw)
+    assert out.shape == (3, *shape)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_sliding_window_progress_counts_up_to_total():
+    x = torch.zeros((1, 100, 70))
+    layout, _ = plan_window((100, 70), 32, 16, 4, 8)
+    events = []
+    out = drive(
+        iter_sliding_window(
+            x, lambda b: b, tile_size=32, overlap=16, halo=4, size_multiple=8, batch_size=4
+        ),
+        events.append,
+    )
+    assert out.shape == (1, 100, 70)
+    assert [e.done for e in events] == [
+        min(i + 4, layout.num_tiles) for i in range(0, layout.num_tiles, 4)
+    ]
+    assert all(e.total == layout.num_tiles for e in events)
+
+
+def test_blending_weights_are_built_once_per_layout(tiny_unet, monkeypatch):
+    calls = []
+    real = tiling.blend_window
+    monkeypatch.setattr(tiling, "blend_window", lambda *a, **k: calls.append(a) or real(*a, **k))
+    tiling.blend_weights.cache_clear()
+    stack = np.random.default_rng(7).integers(0, 255, (3, 100, 100), dtype=np.uint8)
+    predict(tiny_unet, stack, **TILED)
+    info = tiling.blend_weights.cache_info()
+    assert info.misses == 1 and info.hits == 2  # one layout, three slices
+    layout, _ = plan_window((100, 100), **TILED, size_multiple=4)
+    assert layout.num_tiles > 9 and len(calls) == 9  # one window per kind of tile border
+
+
+def test_whole_image_pass_returns_the_predictor_output_unchanged():
+    x = torch.from_numpy(np.random.default_rng(8).random((1, 40, 24)).astype(np.float32))
+    assert torch.equal(sliding_window(x, torch.sigmoid, tile_size=None), torch.sigmoid(x))
+
+
+def test_sliding_window_errors_are_sentences():
+    x = torch.zeros((1, 64, 64))
+
+    def oom(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="try a smaller tile size or batch size, or the CPU"):
+        sliding_window(x, oom, tile_size=32, batch_size=2)
+    with pytest.raises(ValueError, match="must return"):
+        sliding_window(x, lambda b: b[..., ::2, ::2], tile_size=32)
+    with pytest.raises(ValueError, match="expected a \\(C, H, W\\) tensor"):
+        sliding_window(torch.zeros((64, 64)), lambda b: b)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_cheap_labels_equal_argmax(k):
+    rng = np.random.default_rng(k)
+    # a coarse grid of values makes ties common: the lower class must win, as in argmax
+    p = torch.from_numpy(rng.integers(0, 3, (k, 30, 40)).astype(np.float32))
+    expected = p.argmax(0).numpy()
+    out = np.zeros((30, 40), np.uint8)
+    out[...] = class_labels(p)
+    np.testing.assert_array_equal(out, expected)
+    view = p[:, 3:, 5:]  # the sliding window returns a cropped view
+    np.testing.assert_array_equal(class_labels(view), view.argmax(0).numpy())

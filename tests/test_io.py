@@ -129,3 +129,15 @@ def test_core_does_not_import_qt_or_napari():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_channels_follow_the_one_layout_rule():
+    from napari_segen.data.layout import is_rgb_shape
+    from napari_segen.data.normalize import to_channels_first
+
+    rgba = np.zeros((5, 6, 4), np.uint8)
+    assert is_rgb_shape(rgba.shape) and to_channels_first(rgba, 3).shape == (3, 5, 6)
+    assert to_channels_first(rgba, 1, rgb=None).shape == (1, 5, 6)
+    with pytest.raises(ValueError, match="2D grayscale or"):
+        to_channels_first(rgba, 3, rgb=False)  # told it is not colour: a stack, not one image
+    assert to_channels_first(np.zeros((5, 6)), 3, rgb=True).shape == (3, 5, 6)

@@ -26,6 +26,7 @@ from napari_segen.metrics.fid import (
     polynomial_mmd,
     set_distance,
 )
+from napari_segen.utils.generators import drive
 
 
 # --- the Frechet distance -----------------------------------------------------------------------
@@ -340,14 +341,8 @@ def test_streaming_batches_by_shape():
     ext = _MeanStd()
     images = (np.full((20, 20), i, np.uint8) for i in range(5))  # a generator
     mixed = [*images, np.zeros((30, 30), np.uint8), np.zeros((3, 20, 20), np.uint8)]
-    gen = iter_features(mixed, ext, batch_size=2)
-    counts = []
-    while True:
-        try:
-            counts.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    counts: list[int] = []
+    result = drive(iter_features(mixed, ext, batch_size=2), counts.append)
     assert result.shape == (9, 2)
     assert ext.batches == [2, 2, 1, 1, 2, 1]  # never more than 2, split where the shape changes
     assert counts[-1] == 9

@@ -152,7 +152,7 @@ def test_cancel_stops_the_worker(make_napari_viewer, qtbot, stacks, no_weights):
     w.run()
     assert w.cancel_button.enabled and not w.run_button.enabled
     qtbot.waitUntil(lambda: w.runner.running, timeout=10_000)  # the thread has started
-    w.cancel_button.changed.emit(True)  # what a click does
+    w.runner.pbar.cancel()  # what Cancel on napari's activity bar does
     _wait(qtbot, w)
     assert w.runner.cancelled
     assert w.last_result is None

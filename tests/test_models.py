@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +36,72 @@ def test_unknown_architecture_names_the_known_ones():
 def test_bad_builder_arguments_are_reported():
     with pytest.raises(ValueError, match="bad arguments for architecture 'unet'"):
         build_model("unet", colour="blue")
+
+
+BUILTIN_ARCHITECTURES = ("unet", "fcn_resnet50", "pix2pix_generator", "patchgan")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, where nothing of the package is imported yet."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_registry_imports_nothing_from_the_package():
+    """The registry is a leaf: the architecture modules import it, never the reverse."""
+    from napari_segen.models import registry
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imported = [
+        (node.level, getattr(node, "module", None) or ", ".join(a.name for a in node.names))
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    own = [m for level, m in imported if level or m.split(".")[0] == "napari_segen"]
+    assert not own, f"models/registry.py imports from the package: {own}"
+
+
+def test_any_import_of_the_models_registers_the_builtin_architectures():
+    res = _python(
+        "from napari_segen.models.registry import build_model\n"
+        "try:\n"
+        "    build_model('resnet9000')\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "unknown architecture 'resnet9000'" in res.stdout
+    for name in BUILTIN_ARCHITECTURES:
+        assert name in res.stdout
+
+
+@pytest.mark.parametrize(
+    "bug, shown",
+    [
+        ("import no_such_dependency", "ModuleNotFoundError: No module named 'no_such_dependency'"),
+        ("raise RuntimeError('a bug in pix2pix')", "RuntimeError: a bug in pix2pix"),
+    ],
+)
+def test_a_broken_architecture_module_fails_as_itself(bug, shown):
+    """An error inside pix2pix.py is raised where the package imports it, not hidden until
+    build_model says "unknown architecture"."""
+    code = (
+        "import importlib.abc, importlib.util, sys\n"
+        "class Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'napari_segen.models.pix2pix':\n"
+        "            return importlib.util.spec_from_loader(name, self)\n"
+        "    def create_module(self, spec):\n"
+        "        return None\n"
+        "    def exec_module(self, module):\n"
+        f"        {bug}\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "from napari_segen.models import build_model\n"
+        "build_model('pix2pix_generator')\n"
+    )
+    res = _python(code)
+    assert res.returncode != 0
+    assert shown in res.stderr
+    assert "unknown architecture" not in res.stderr
 
 
 def test_new_architectures_plug_in():

@@ -8,14 +8,7 @@ import torch
 from napari_segen.models import build_model, list_models
 from napari_segen.models.pix2pix import PatchDiscriminator, Pix2PixGenerator, one_hot_labels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on a shared CPU run far faster on one thread than on two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered():

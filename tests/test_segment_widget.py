@@ -34,7 +34,12 @@ def test_segment_creates_named_labels_layer(qtbot, widget, blobs_image):
     w.image.value = layer
     assert "0: background" in w.classes.value
     w.probabilities.value = True
-    _run_and_wait(qtbot, w)
+    w.run()
+    pbar, worker = w.runner.pbar, w.runner.worker
+    tiles: list[int] = []  # what napari's activity dock is told
+    pbar.events.value.connect(lambda e: tiles.append(e.value))
+    qtbot.waitUntil(lambda: not worker.is_running and w.run_button.enabled, timeout=60_000)
+    assert tiles and tiles[-1] == pbar.total > 0 and w.runner.pbar is None
     out = viewer.layers["cells labels"]
     assert out.data.shape == img.shape and out.data.dtype == np.uint8
     assert tuple(out.scale) == (0.5, 0.5)
@@ -153,3 +158,37 @@ def test_double_click_starts_one_task(qtbot, widget, blobs_image):
     w.run()  # a second click before the thread has started
     assert w.runner.worker is first
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=60_000)
+
+
+def test_a_worker_error_does_not_abort_a_script():
+    """Driven from a script without napari.run(), a failing task must not end the process
+    (superqt's default handler re-raised the error in a Qt slot, which aborts under PyQt6)."""
+    import subprocess
+    import sys
+
+    code = """
+import time
+import napari
+from magicgui.widgets import Label, PushButton
+from qtpy.QtWidgets import QApplication
+from napari_segen.widgets._worker import TaskRunner
+
+def boom():
+    yield
+    raise ValueError("boom")
+
+viewer = napari.Viewer(show=False)
+status = Label()
+runner = TaskRunner(PushButton(), PushButton(), status)
+runner.start(boom, description="Boom")
+app, t0 = QApplication.instance(), time.monotonic()
+while runner.running and time.monotonic() - t0 < 60:
+    app.processEvents()
+    time.sleep(0.01)
+app.processEvents()
+print("alive:", status.value)
+viewer.close()
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "alive: Boom failed: boom" in res.stdout

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
+from napari_segen.data.conventions import IGNORE_INDEX
 from napari_segen.data.datasets import (
     LabeledImage,
     SegmentationDataset,
     pairs_from_folders,
-    split_image_region,
 )
 from napari_segen.data.image_io import ImageReadError
 from napari_segen.data.sources import (
@@ -26,7 +26,6 @@ from napari_segen.data.sources import (
     pairs_from_voc,
     voc_root,
 )
-from napari_segen.metrics.segmentation import IGNORE_INDEX
 
 
 def test_dense_2d_labels_are_classes():
@@ -162,12 +161,14 @@ def test_default_class_names():
 
 
 def test_split_single_image_by_region():
+    from napari_segen.training.assembly import split_one_image
+
     img = np.zeros((100, 80), np.uint8)
     mask = np.ones((100, 80), np.int64)
-    (train,), (val,) = split_image_region(LabeledImage(img, mask, "a"), 0.4)
+    (train,), (val,) = split_one_image(LabeledImage(img, mask, "a"), 0.4)
     assert train.image.shape == (60, 80) and val.mask.shape == (40, 80)
-    assert split_image_region(LabeledImage(img, mask, "a"), 0.0)[1] == []
-    tr, va = split_image_region(LabeledImage(img, mask, "a"), 0.1)  # too thin a strip
+    assert split_one_image(LabeledImage(img, mask, "a"), 0.0)[1] == []
+    tr, va = split_one_image(LabeledImage(img, mask, "a"), 0.1)  # too thin a strip
     assert len(tr) == 1 and va == []
 
 

@@ -81,11 +81,12 @@ def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, t
     meter.start()
     widget.start()
     assert not widget.start_button.enabled and widget.cancel_button.enabled
-    # The napari progress bar follows the steps.
-    qtbot.waitUntil(
-        lambda: widget.runner._pbar is not None and widget.runner._pbar.n > 0, timeout=60_000
-    )
-    assert widget.runner._pbar.total == 3 * 4
+    # The activity dock's progress bar follows the steps: it listens to `value` events.
+    pbar = widget.runner.pbar
+    steps: list[int] = []  # bar values while it counts the 3 x 4 training steps
+    pbar.events.value.connect(lambda e: pbar.total == 12 and steps.append(e.value))
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    assert pbar.n > 0 and steps == sorted(steps)
     qtbot.waitUntil(
         lambda: not widget.runner.running and widget.start_button.enabled, timeout=180_000
     )
@@ -96,6 +97,7 @@ def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, t
     )
     assert longest < 0.2
 
+    assert steps[-1] == 12 and steps == sorted(steps)
     out = tmp_path / "retrained.safetensors"
     assert out.is_file() and widget.last_model_path == out
     assert len(widget.history["step"]) == 12 and len(widget.history["dice"]) == 3
@@ -144,3 +146,27 @@ def test_errors_are_shown_as_sentences(widget, monkeypatch):
     widget.start()
     assert "choose the Labels layer" in shown[1]
     assert not widget.runner.running
+
+
+def test_a_failed_run_is_reported_once_and_resegment_stays_off(widget, qtbot, monkeypatch):
+    """A worker error: one napari notification, a one-line status, buttons as before."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    import napari_segen.widgets.train_widget as tw
+
+    own = []
+    monkeypatch.setattr(tw, "show_error", own.append)
+    before = len(notification_manager.records)
+    labels = widget.viewer.layers["em labels"]
+    labels.data[:8, :8] = 5  # the 2-class start model cannot learn class 5
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    qtbot.wait(50)  # let every queued signal arrive
+    errors = [n for n in notification_manager.records[before:] if isinstance(n, ErrorNotification)]
+    assert widget.runner.error is not None and own == []
+    assert len(errors) == 1 and "class 5" in str(errors[0].message)
+    assert widget.status.value.startswith("Training on em failed:")
+    assert "class 5" in widget.status.value and "\n" not in widget.status.value
+    assert widget.start_button.enabled and not widget.cancel_button.enabled
+    assert not widget.resegment_button.enabled and widget.last_model_path is None
+    assert widget.runner.pbar is None  # the activity bar is closed

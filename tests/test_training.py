@@ -20,6 +20,9 @@ from napari_segen.training.checkpoint import (
     unflatten_optimizer_state,
 )
 from napari_segen.utils.atomic import OverwriteError
+from napari_segen.utils.generators import drive
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(depth=2, base_channels=8)
 
@@ -32,18 +35,24 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+class _Cancel(Exception):
+    pass
+
+
 def _drain(gen, stop_after_epochs: int | None = None):
     """Run a training generator; with ``stop_after_epochs``, close it like a GUI cancel."""
     events = []
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value, events
+
+    def on_event(ev) -> None:
         events.append(ev)
         if stop_after_epochs and sum(e.kind == "epoch" for e in events) == stop_after_epochs:
-            gen.close()
-            return None, events
+            raise _Cancel
+
+    try:
+        return drive(gen, on_event), events
+    except _Cancel:
+        gen.close()
+        return None, events
 
 
 @pytest.fixture
@@ -243,13 +252,9 @@ def test_result_returns_the_trained_model_without_touching_the_start(blobs_image
     img, mask = blobs_image
     before = {k: v.clone() for k, v in tiny_unet.module.state_dict().items()}
     cfg = TrainConfig(epochs=1, batch_size=2, crop_size=32, samples_per_epoch=4, device="cpu")
-    gen = train_segmentation([LabeledImage(img, mask)], [], None, start=tiny_unet, config=cfg)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drive(
+        train_segmentation([LabeledImage(img, mask)], [], None, start=tiny_unet, config=cfg)
+    )
     assert result.model is not None and not result.model.module.training
     trained = result.model.module.state_dict()
     assert any(not torch.equal(trained[k], before[k]) for k in before)

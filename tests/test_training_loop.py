@@ -22,6 +22,9 @@ from napari_segen.metrics.segmentation import segmentation_scores
 from napari_segen.models import build_model, load_model
 from napari_segen.models.model_file import LoadedModel
 from napari_segen.training import TrainConfig, new_unet_spec, train_segmentation
+from napari_segen.utils.generators import drive
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ISBI_MASK_MAP = {0: 1, 255: 0}
 MEMBRANE = 1
@@ -50,14 +53,6 @@ def membrane_dice(model: LoadedModel, pairs: list[LabeledImage]) -> np.ndarray:
     return np.array(out)
 
 
-def _run(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def test_correction_loop_improves_held_out_dice(isbi_dir, held_out, tmp_path):
     base_pairs = [_pair(isbi_dir, "train", 0), _pair(isbi_dir, "train", 1)]
     spec = new_unet_spec(1, ["background", "membrane"], depth=2, base_channels=8)
@@ -65,7 +60,7 @@ def test_correction_loop_improves_held_out_dice(isbi_dir, held_out, tmp_path):
         epochs=3, batch_size=4, crop_size=96, samples_per_epoch=16, lr=3e-3, patience=None,
         device="cpu", seed=0,
     )  # fmt: skip
-    _run(
+    drive(
         train_segmentation(base_pairs, [], tmp_path / "base.safetensors", start=spec, config=brief)
     )
     base = load_model(tmp_path / "base.safetensors")
@@ -83,7 +78,7 @@ def test_correction_loop_improves_held_out_dice(isbi_dir, held_out, tmp_path):
         epochs=6, batch_size=4, crop_size=96, samples_per_epoch=16, lr=1e-3, patience=None,
         device="cpu", seed=0, time_limit_s=60,
     )  # fmt: skip
-    result = _run(
+    result = drive(
         train_segmentation(base_pairs + corrected, [], tmp_path / "ft.safetensors", start=base,
                            config=fine)
     )  # fmt: skip
@@ -135,7 +130,7 @@ def test_sparse_strokes_train_a_better_model(isbi_dir, held_out, tmp_path):
         epochs=6, batch_size=4, crop_size=96, samples_per_epoch=16, lr=3e-3, patience=None,
         device="cpu", seed=0,
     )  # fmt: skip
-    _run(train_segmentation(pairs, [], tmp_path / "sparse.safetensors", start=start, config=cfg))
+    drive(train_segmentation(pairs, [], tmp_path / "sparse.safetensors", start=start, config=cfg))
     after = membrane_dice(load_model(tmp_path / "sparse.safetensors"), held_out)
     print(
         f"\nsparse strokes: {np.mean(painted):.2%} of pixels painted; held-out membrane Dice "

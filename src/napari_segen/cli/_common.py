@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..data.image_io import IMAGE_SUFFIXES
 
+_NO_DATA = "no data: give --images and --masks, --voc DIR, or --stack-image and --stack-labels"
+
 
 class UserError(Exception):
     """A problem with the user's input, printed as one line."""
@@ -106,41 +108,57 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list | None, list]:
-    """``(pairs, voc_validation_pairs or None, class_names_hint)`` from the source arguments."""
+def sources_from_args(args: argparse.Namespace, split: str) -> list:
+    """The data sources the arguments name (:mod:`napari_segen.training.assembly` sources).
+
+    ``split`` is the VOC list to read when ``--voc-split`` is not given; for
+    ``"train"`` VOC's ``val`` list becomes that source's validation data.
+    """
     from ..data.image_io import parse_value_map
-    from ..data.sources import (
-        DENSE,
-        SPARSE,
-        VOC_CLASSES,
-        pairs_from_folders,
-        pairs_from_tiff_stacks,
-        pairs_from_voc,
-    )
+    from ..data.sources import DENSE, SPARSE
+    from ..training.assembly import FolderSource, TiffStackSource, VocSource
 
     mode = SPARSE if args.sparse else DENSE
     value_map = parse_value_map(args.mask_map)
-    pairs: list = []
-    voc_val = None
-    names: list[str] = []
     if bool(args.images) != bool(args.masks):
         raise UserError("give both --images and --masks (folders of images and of their masks)")
     if bool(args.stack_image) != bool(args.stack_labels):
         raise UserError("give both --stack-image and --stack-labels")
+    sources: list = []
     if args.images:
-        pairs += pairs_from_folders(
-            args.images, args.masks, value_map=value_map, sparse=args.sparse
-        )
+        sources.append(FolderSource(args.images, args.masks, value_map, args.sparse))
     if args.stack_image:
-        pairs += pairs_from_tiff_stacks(args.stack_image, args.stack_labels, mode, value_map)
+        sources.append(TiffStackSource(args.stack_image, args.stack_labels, mode, value_map))
     if args.voc:
-        voc_split = args.voc_split or split
-        pairs += pairs_from_voc(args.voc, voc_split, args.voc_limit)
-        if split == "train" and args.voc_split is None:
-            voc_val = pairs_from_voc(args.voc, "val", args.voc_limit) or None
-        names = list(VOC_CLASSES)
+        own_val = "val" if split == "train" and args.voc_split is None else None
+        sources.append(VocSource(args.voc, args.voc_split or split, args.voc_limit, own_val))
+    if not sources:
+        raise UserError(_NO_DATA)
+    return sources
+
+
+def validation_sources(args: argparse.Namespace) -> list:
+    """``--val-images``/``--val-masks`` as a validation source list (empty when not given)."""
+    from ..data.image_io import parse_value_map
+    from ..training.assembly import FolderSource
+
+    if not (args.val_images or args.val_masks):
+        return []
+    if not (args.val_images and args.val_masks):
+        raise UserError("give both --val-images and --val-masks")
+    value_map = parse_value_map(args.mask_map)
+    return [FolderSource(args.val_images, args.val_masks, value_map, args.sparse)]
+
+
+def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list | None, list]:
+    """``(pairs, the sources' own validation pairs or None, class_names_hint)`` of the arguments."""
+    from ..training.assembly import read_sources
+    from ..utils.generators import drive
+
+    read = drive(read_sources(sources_from_args(args, split)))
+    pairs = [p for s in read for p in s.pairs]
+    val = [p for s in read for p in (s.val_pairs or [])]
+    names = next((s.class_names for s in read if s.class_names), [])
     if not pairs:
-        raise UserError(
-            "no data: give --images and --masks, --voc DIR, or --stack-image and --stack-labels"
-        )
-    return pairs, voc_val, names
+        raise UserError(_NO_DATA)
+    return pairs, val or None, list(names)

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+from ..utils.jsonsafe import json_safe
 from ._common import (
     UserError,
     add_model_argument,
@@ -35,15 +36,6 @@ def _fmt(v: float) -> str:
     return f"{v:>8.4f}" if v is not None and math.isfinite(v) else f"{'-':>8}"
 
 
-def _finite_or_null(value):
-    """NaN (a class absent from masks and predictions) becomes JSON null."""
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def format_table(metrics: dict, class_names: list[str]) -> str:
     """The per-class IoU/Dice table with its mean and pixel-accuracy lines."""
     width = max(len(n) for n in [*class_names, "mean", "foreground"]) + 2
@@ -59,9 +51,11 @@ def format_table(metrics: dict, class_names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..metrics.evaluate import evaluate_model, scores_to_metrics
     from ..models import load_model
-    from ..training.trainer import evaluate_model, scores_to_metrics
+    from ..utils.devices import resolve_device
 
+    device = resolve_device(args.device)  # fail before any work on a bad device
     model = load_model(resolve_model_path(args.model))
     pairs, _, _ = load_source_pairs(args, "val")
     top = max(int(p.mask.max()) for p in pairs)
@@ -70,12 +64,12 @@ def run(args: argparse.Namespace) -> int:
             f"the masks hold class {top} but {model.name} knows {model.spec.num_classes} classes "
             f"({', '.join(model.spec.class_names)}); check --mask-map or the model"
         )
-    scores = evaluate_model(model, pairs, args.tile_size, args.device)
+    scores = evaluate_model(model, pairs, args.tile_size, device)
     metrics = scores_to_metrics(scores, model.spec.class_names)
     metrics["images"] = len(pairs)
     metrics["model"] = str(model.path)
     if args.json:
-        print(json.dumps(_finite_or_null(metrics), indent=2))
+        print(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
         return 0
     print(format_table(metrics, model.spec.class_names))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.generators import drive
+from ..utils.jsonsafe import json_safe
 from ._common import UserError, progress_bar
 
 
@@ -72,19 +73,6 @@ def _folder_images(folder: str) -> list[Path]:
     if not files:
         raise UserError(f"no image files in {path}")
     return files
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN -> null, inf -> "inf", numpy scalars -> Python (for strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
 
 
 def _drive(gen, desc: str, quiet: bool):
@@ -160,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     except (ImageReadError, FeatureWeightsError) as err:
         raise UserError(str(err)) from err
     if args.json:
-        print(json.dumps(_jsonable(out), indent=2))
+        print(json.dumps(json_safe(out), indent=2, allow_nan=False))
         return 0
     print(format_report(out))
     return 0

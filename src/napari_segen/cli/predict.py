@@ -42,13 +42,14 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
 
     from ..data.image_io import read_image, write_labels
+    from ..data.layout import spatial_layout
     from ..inference import iter_predict
     from ..models import load_model
     from ..utils.atomic import atomic_path, check_writable
     from ..utils.devices import resolve_device
     from ..utils.generators import drive
 
-    resolve_device(args.device)  # fail before any work on a bad device
+    device = resolve_device(args.device)  # fail before any work on a bad device
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -64,11 +65,8 @@ def run(args: argparse.Namespace) -> int:
         image = None
         if suffix is None:
             image = read_image(f)
-            suffix = (
-                ".png"
-                if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))
-                else ".tif"
-            )
+            leading, _ = spatial_layout(image.shape, None)
+            suffix = ".tif" if leading else ".png"  # one plane (gray or colour) fits a PNG
         dest = out_dir / (f.stem + suffix)
         check_writable(dest, args.overwrite)
         planned.append((f, dest, image))
@@ -83,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             image,
             tile_size=args.tile_size,
             batch_size=args.batch_size,
-            device=args.device,
+            device=device,
             return_probabilities=args.probabilities,
         )
         with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:

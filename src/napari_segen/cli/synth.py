@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 
 from ..utils.generators import drive
+from ..utils.jsonsafe import json_safe
 from ._common import (
     UserError,
     add_source_arguments,
     expand_inputs,
     load_source_pairs,
     progress_bar,
+    sources_from_args,
+    validation_sources,
 )
 
 
@@ -232,13 +235,13 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
-def _load_generator(path: str, device: str):
+def _load_generator(path: str):
+    """The generator in ``path``, on the CPU: the core moves it to the device it runs on."""
     from ..synthesis.generate import load_generator
-    from ..utils.devices import resolve_device
 
     if not Path(path).is_file():
         raise UserError(f"generator model file not found: {path}")
-    return load_generator(path, device=str(resolve_device(device)))
+    return load_generator(path)
 
 
 def _read_masks(items: list[str], mask_map: str | None):
@@ -248,30 +251,21 @@ def _read_masks(items: list[str], mask_map: str | None):
     return [(p, read_mask(p, vm)) for p in expand_inputs(items)]
 
 
-def _drive(gen, on_event=None):
-    """Run a progress generator, passing events to ``on_event``; return its result."""
-    return drive(gen, on_event)
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from ..data.datasets import pairs_from_folders, split_pairs
-    from ..data.image_io import parse_value_map
-    from ..synthesis.quality import format_quality
+    from ..metrics.report import format_quality_report
     from ..synthesis.trainer import SynthConfig, train_pix2pix
+    from ..training.assembly import assemble_pix2pix
 
-    pairs, voc_val, _ = load_source_pairs(args, "train")
-    if args.val_images or args.val_masks:
-        if not (args.val_images and args.val_masks):
-            raise UserError("give both --val-images and --val-masks")
-        val_pairs = pairs_from_folders(
-            args.val_images, args.val_masks, parse_value_map(args.mask_map), args.sparse
-        )
-        train_pairs = pairs
-    elif voc_val:
-        train_pairs, val_pairs = pairs, voc_val
-    else:
-        train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=args.seed)
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    assembled = drive(
+        assemble_pix2pix(
+            sources_from_args(args, "train"),
+            val_fraction=args.val_split,
+            seed=args.seed,
+            val_sources=validation_sources(args),
+            class_names=names,
+        )
+    )
     cfg = SynthConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -293,22 +287,21 @@ def run_train(args: argparse.Namespace) -> int:
         evaluate=not args.no_eval,
     )
     print(
-        f"training pix2pix on {len(train_pairs)} pair(s), {len(val_pairs)} held out",
+        f"training pix2pix on {len(assembled.train)} pair(s), {len(assembled.val)} held out",
         file=sys.stderr,
     )
     gen = train_pix2pix(
-        train_pairs,
+        assembled.train,
         args.out,
         config=cfg,
-        val_pairs=val_pairs,
-        class_names=names,
+        val_pairs=assembled.val,
+        class_names=assembled.class_names,
         resume=args.resume,
         overwrite=args.overwrite,
         samples_dir=args.samples_dir,
         provenance={
             "command": "napari-segen " + " ".join(sys.argv[1:]),
-            "images": str(args.images),
-            "masks": str(args.masks),
+            **assembled.provenance,
         },
     )
     bar = progress_bar(cfg.steps, "pix2pix", args.quiet)
@@ -323,12 +316,12 @@ def run_train(args: argparse.Namespace) -> int:
             bar.write(f"step {ev.step:6d}  checkpoint -> {ev.path}")
 
     try:
-        result = _drive(gen, on_event)
+        result = drive(gen, on_event)
     finally:
         bar.close()
     if result.quality:
         print("held-out quality (generated vs real images of the same masks):")
-        print(format_quality(result.quality))
+        print(format_quality_report(result.quality))
     summary = {
         "model": str(result.path),
         "steps": result.steps,
@@ -346,7 +339,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from ..synthesis.generate import iter_generate, write_image
 
-    model = _load_generator(args.model, args.device)
+    model = _load_generator(args.model)
     masks = _read_masks(args.masks, args.mask_map)
     out = Path(args.out)
     suffix = ".png"
@@ -355,7 +348,7 @@ def run_generate(args: argparse.Namespace) -> int:
         for i, (path, mask) in enumerate(masks):
             if mask.ndim not in (2, 3):
                 raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
-            image = _drive(
+            image = drive(
                 iter_generate(
                     model,
                     mask,
@@ -381,7 +374,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..synthesis.generate import iter_export_pairs
     from ..synthesis.masks import MaskTransformConfig
 
-    model = _load_generator(args.model, args.device)
+    model = _load_generator(args.model)
     sources = []
     for path, mask in _read_masks(args.masks, args.mask_map):
         if mask.ndim == 3:
@@ -404,7 +397,7 @@ def run_export(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = _drive(
+        result = drive(
             iter_export_pairs(
                 model,
                 sources,
@@ -441,9 +434,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..synthesis.quality import evaluate_generator, format_quality
+    from ..metrics.report import format_quality_report
+    from ..synthesis.quality import evaluate_generator
 
-    model = _load_generator(args.model, args.device)
+    model = _load_generator(args.model)
     pairs, _, _ = load_source_pairs(args, "val")
     q = evaluate_generator(
         model, pairs, device=args.device, fid=not args.no_fid, extractor=args.fid_features
@@ -451,10 +445,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if "ssim" not in q:
         raise UserError(q.get("message", "image-quality metrics are not available"))
     if args.json:
-        from ..synthesis.trainer import json_safe
-
-        print(json.dumps(json_safe(q)))
+        print(json.dumps(json_safe(q), allow_nan=False))
     else:
         print(f"{args.model}: generated vs real images of {len(pairs)} mask(s)")
-        print(format_quality(q))
+        print(format_quality_report(q))
     return 0

@@ -15,9 +15,10 @@ from ..utils.generators import drive
 from ._common import (
     UserError,
     add_source_arguments,
-    load_source_pairs,
     progress_bar,
     resolve_model_path,
+    sources_from_args,
+    validation_sources,
 )
 
 
@@ -121,34 +122,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)  # fmt: skip
 
 
-def build_start(args, pairs, class_names_hint=()):
-    """The model to fine-tune, or the spec of a new one, from the arguments."""
-    from ..models import ModelSpec, load_model
-    from ..training import new_unet_spec
+def start_from_args(args: argparse.Namespace):
+    """The start model the arguments ask for: a model file, or a new U-Net/FCN."""
+    from ..training.assembly import NewModel
 
+    if args.pretrained and (args.start or args.arch != "fcn_resnet50"):
+        raise UserError("--pretrained applies to a new --arch fcn_resnet50 only")
     if args.start:
-        return load_model(resolve_model_path(args.start))
-    first = pairs[0]
-    in_ch = args.in_channels or (3 if first._is_rgb() else 1)
-    top = max(int(p.mask.max()) for p in pairs)
-    if args.classes:
-        names = [c.strip() for c in args.classes.split(",") if c.strip()]
-    elif class_names_hint:
-        names = list(class_names_hint)
-    else:
-        from ..data.sources import default_class_names
+        return resolve_model_path(args.start)
+    return NewModel(args.arch, args.depth, args.base_channels, args.in_channels, args.pretrained)
 
-        names = default_class_names(max(top, 1) + 1)
-    if len(names) <= top:
-        raise UserError(f"the masks hold class {top} but only {len(names)} class names were given")
-    if args.arch == "unet":
-        return new_unet_spec(in_ch, names, args.depth, args.base_channels)
-    return ModelSpec(
-        architecture=args.arch,
-        arch_kwargs={"in_channels": in_ch, "num_classes": len(names)},
-        in_channels=in_ch,
-        class_names=names,
-    )
+
+def class_names_from_args(args: argparse.Namespace) -> list[str] | None:
+    """``--classes`` as a list (None when not given)."""
+    if not args.classes:
+        return None
+    return [c.strip() for c in args.classes.split(",") if c.strip()]
 
 
 def _config_from_args(args):
@@ -194,15 +183,13 @@ def _resume_setup(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.datasets import split_pairs
-
     dist_info = None
     if args.distributed:
         from ..training.distributed import init_distributed
 
         dist_info = init_distributed(args.device)
     try:
-        return _run(args, dist_info, split_pairs)
+        return _run(args, dist_info)
     finally:
         if dist_info is not None:
             from ..training.distributed import cleanup
@@ -210,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
             cleanup()
 
 
-def _run(args, dist_info, split_pairs) -> int:
+def _run(args, dist_info) -> int:
     from ..training import train_segmentation
+    from ..training.assembly import assemble_segmentation
 
     rank = dist_info.rank if dist_info else 0
     world = dist_info.world_size if dist_info else 1
@@ -221,58 +209,41 @@ def _run(args, dist_info, split_pairs) -> int:
         if main_rank:
             print(msg, file=sys.stderr)
 
-    pairs, voc_val, names_hint = load_source_pairs(args, "train")
+    sources = sources_from_args(args, "train")
+    val_sources = validation_sources(args)
     if args.resume:
         if args.start or args.pretrained:
             raise UserError("--resume continues the saved run; leave out --from and --pretrained")
         start, cfg, done = _resume_setup(args)
         say(f"resuming {args.out} after epoch {done} of {cfg.epochs}")
     else:
-        start = build_start(args, pairs, names_hint)
+        start = start_from_args(args)
         cfg = _config_from_args(args)
-        if args.pretrained:
-            if args.start or args.arch != "fcn_resnet50":
-                raise UserError("--pretrained applies to a new --arch fcn_resnet50 only")
-            from ..models import build_model
-            from ..models.model_file import LoadedModel
-
-            module = build_model(start.architecture, **start.arch_kwargs)
-            module.load_pretrained(args.pretrained)
-            start = LoadedModel(module, start)
-    if args.val_images or args.val_masks:
-        if not (args.val_images and args.val_masks):
-            raise UserError("give both --val-images and --val-masks")
-        from ..data.datasets import pairs_from_folders
-        from ..data.image_io import parse_value_map
-
-        train_pairs = pairs
-        val_pairs = pairs_from_folders(
-            args.val_images, args.val_masks, parse_value_map(args.mask_map), args.sparse
+    assembled = drive(
+        assemble_segmentation(
+            sources,
+            start=start,
+            val_fraction=args.val_split,
+            seed=cfg.seed or 0,
+            val_sources=val_sources,
+            class_names=None if args.resume else class_names_from_args(args),
         )
-    elif voc_val:
-        train_pairs, val_pairs = pairs, voc_val
-    else:
-        train_pairs, val_pairs = split_pairs(pairs, args.val_split, seed=cfg.seed or 0)
+    )
     if dist_info is not None:
         cfg.device = dist_info.device
         say(f"distributed: {world} processes ({dist_info.backend}), this is rank {rank}")
-    say(f"training on {len(train_pairs)} image(s), validating on {len(val_pairs)}")
-    sources = {
-        k: str(getattr(args, k))
-        for k in ("images", "masks", "voc", "stack_image", "stack_labels")
-        if getattr(args, k)
-    }
+    say(f"training on {len(assembled.train)} image(s), validating on {len(assembled.val)}")
     gen = train_segmentation(
-        train_pairs,
-        val_pairs,
+        assembled.train,
+        assembled.val,
         args.out,
-        start=start,
+        start=assembled.start,
         config=cfg,
         overwrite=args.overwrite,
         provenance={
             "command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
             "world_size": world,
-            **sources,
+            **assembled.provenance,
         },
         rank=rank,
         world_size=world,

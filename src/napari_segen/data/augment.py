@@ -1,7 +1,8 @@
 """Joint image + mask augmentation for segmentation training.
 
 Geometric transforms (flips, 90-degree rotations, elastic deformation) move
-image and mask together; the mask is resampled nearest-neighbour and pixels
+image and mask together (flips and rotations are the crop sampler's, see
+:func:`napari_segen.data.sampler.flip_rotate`); the mask is resampled nearest-neighbour and pixels
 that come from outside the image become "unannotated". Intensity jitter
 touches the image only. Elastic deformation is torchvision's
 ``transforms.v2.ElasticTransform``.
@@ -15,7 +16,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..metrics.segmentation import IGNORE_INDEX
+from .conventions import IGNORE_INDEX
+from .sampler import flip_rotate
 
 
 @dataclass
@@ -43,15 +45,14 @@ def augment_pair(
     x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a ``(C, H, W)`` float image and its ``(H, W)`` int64 mask together."""
-    if cfg.flips:
-        if torch.rand(()) < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        if torch.rand(()) < 0.5:
-            x, y = x.flip(-2), y.flip(-2)
-    if cfg.rot90 and x.shape[-1] == x.shape[-2]:
-        k = int(torch.randint(0, 4, ()))
-        if k:
-            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+    x, y = flip_rotate(x, y, cfg.flips, cfg.rot90)
+    return deform_and_jitter(x, y, cfg)
+
+
+def deform_and_jitter(
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The elastic deformation (image and mask) and intensity jitter (image) of ``cfg``."""
     if cfg.elastic_p > 0 and torch.rand(()) < cfg.elastic_p:
         t = v2.ElasticTransform(
             alpha=cfg.elastic_alpha,

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..metrics.segmentation import IGNORE_INDEX
-from .augment import AugmentConfig, augment_pair
+from .augment import AugmentConfig, deform_and_jitter
+from .conventions import IGNORE_INDEX
 from .image_io import ImageReadError, list_images, read_image, read_mask
+from .layout import is_rgb_shape
 from .normalize import normalize_image, to_channels_first
+from .sampler import CropSampler, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ class LabeledImage:
             )
 
     def _is_rgb(self) -> bool:
-        if self.rgb is not None:
-            return self.rgb
-        return self.image.ndim == 3 and self.image.shape[-1] in (3, 4)
+        return is_rgb_shape(self.image.shape, self.rgb)
 
 
 def sparse_to_classes(labels: np.ndarray) -> np.ndarray:
@@ -141,6 +140,11 @@ def class_frequencies(pairs: Sequence[LabeledImage], num_classes: int) -> np.nda
 class SegmentationDataset(Dataset):
     """Random crops of normalised training pairs, augmented, as ``(x, y)`` tensors.
 
+    Crops, flips and rotations come from :class:`~napari_segen.data.sampler.CropSampler`
+    (images are picked in proportion to their annotated pixels, crops with
+    annotation are preferred, padding is unannotated); elastic deformation and
+    intensity jitter from :mod:`napari_segen.data.augment` go on top.
+
     Args:
         pairs: the training pairs.
         in_channels: channels the model takes.
@@ -172,16 +176,24 @@ class SegmentationDataset(Dataset):
         self.samples_per_epoch = samples_per_epoch or len(pairs)
         self.seed = seed
         self.epoch = 0
-        self.images = []
-        self.masks = []
+        images, masks = [], []
         for p in pairs:
             chw = to_channels_first(p.image, in_channels, rgb=p._is_rgb())
             chw = normalize_image(chw, normalization, source_dtype=p.image.dtype)
-            self.images.append(torch.from_numpy(np.ascontiguousarray(chw)))
-            self.masks.append(torch.from_numpy(np.asarray(p.mask, np.int64)))
+            images.append(torch.from_numpy(np.ascontiguousarray(chw)))
+            masks.append(torch.from_numpy(np.asarray(p.mask, np.int64)))
         # Sample images in proportion to their annotated pixels (sparse strokes weigh less).
-        annotated = np.array([max(int((m >= 0).sum()), 1) for m in self.masks], float)
-        self.weights = torch.from_numpy(annotated / annotated.sum())
+        annotated = [max(int((m >= 0).sum()), 1) for m in masks]
+        self.sampler = CropSampler(
+            images,
+            masks,
+            crop_size,
+            flips=augment is not None and augment.flips,
+            rot90=augment is not None and augment.rot90,
+            weights=annotated,
+            mask_fill=IGNORE_INDEX,
+            prefer_annotated=True,
+        )
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -193,32 +205,13 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.seed is None:
             return self._sample()
+        # The elastic and intensity augmentation draw from the global RNG: fork it.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + index) % 2**63)
+            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
             return self._sample()
 
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(torch.multinomial(self.weights, 1)) if len(self.images) > 1 else 0
-        x, y = self.images[i], self.masks[i]
-        x, y = _random_crop(x, y, self.crop_size)
+        x, y = self.sampler.sample()
         if self.augment is not None:
-            x, y = augment_pair(x, y, self.augment)
-        return x, y
-
-
-def _random_crop(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = y.shape
-    ph, pw = max(size - h, 0), max(size - w, 0)
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
-        y = F.pad(y, (0, pw, 0, ph), value=IGNORE_INDEX)
-        h, w = y.shape
-    # Prefer crops that contain annotation (sparse labels): a few tries, then accept.
-    for _ in range(10):
-        top = int(torch.randint(0, h - size + 1, ()))
-        left = int(torch.randint(0, w - size + 1, ()))
-        yc = y[top : top + size, left : left + size]
-        if (yc >= 0).any():
-            break
-    return x[:, top : top + size, left : left + size], yc
+            x, y = deform_and_jitter(x, y, self.augment)
+        return x.contiguous(), y.contiguous()

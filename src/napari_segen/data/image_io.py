@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from ..utils.atomic import atomic_path
+from .layout import is_rgb_shape
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
@@ -80,7 +81,7 @@ def read_mask(
                 raw = np.asarray(im if im.mode in ("P", "L", "I", "I;16", "1") else im)
     except (OSError, ValueError, tifffile.TiffFileError) as err:
         raise ImageReadError(f"cannot read {path} as a mask ({err})") from err
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+    if raw.ndim == 3 and is_rgb_shape(raw.shape):
         raise ImageReadError(
             f"{path} is a colour image, not a mask: save masks as single-channel "
             "label images (class index per pixel) or palette PNGs"

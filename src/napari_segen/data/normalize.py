@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .layout import is_rgb_shape
+
 
 def dtype_range(dtype: np.dtype) -> tuple[float, float]:
     """The value range of an integer dtype; (0, 1) for floats and bools."""
@@ -20,14 +22,15 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
 def to_channels_first(image: np.ndarray, in_channels: int, rgb: bool | None = None) -> np.ndarray:
     """Return a ``(C, H, W)`` float32 array with ``in_channels`` channels.
 
-    A 2D image is grayscale; ``(H, W, 3|4)`` is RGB(A) unless ``rgb`` is False.
+    A 2D image is grayscale; ``(H, W, 3|4)`` is RGB(A) unless ``rgb`` is False
+    (:func:`napari_segen.data.layout.is_rgb_shape`).
     Alpha is dropped; RGB becomes grayscale (luminance) for 1-channel models and
     grayscale is repeated for 3-channel models.
     """
     image = np.asarray(image)
     if image.ndim == 2:
         chw = image[None]
-    elif image.ndim == 3 and image.shape[-1] in (3, 4) and rgb is not False:
+    elif image.ndim == 3 and image.shape[-1] in (3, 4) and is_rgb_shape(image.shape, rgb):
         chw = np.moveaxis(image[..., :3], -1, 0)
     else:
         raise ValueError(

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics.segmentation import IGNORE_INDEX
+from .conventions import IGNORE_INDEX
 from .datasets import LabeledImage, pairs_from_folders, sparse_to_classes
 from .image_io import ImageReadError, read_image, read_mask
+from .layout import spatial_layout
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,6 @@ def labels_to_classes(labels: np.ndarray, mode: str = DENSE) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _spatial_ndim(image: np.ndarray, rgb: bool | None) -> tuple[int, bool]:
-    is_rgb = bool(rgb) if rgb is not None else (image.ndim >= 3 and image.shape[-1] in (3, 4))
-    return (image.ndim - 1 if is_rgb else image.ndim), is_rgb
-
-
 def pairs_from_arrays(
     image: np.ndarray,
     labels: np.ndarray,
@@ -99,18 +95,16 @@ def pairs_from_arrays(
     Raises:
         ValueError: shapes do not match, or nothing is annotated.
     """
-    spatial_ndim, is_rgb = _spatial_ndim(image, rgb)
-    if spatial_ndim < 2:
-        raise ValueError(
-            f"{name}: expected an image with at least 2 spatial axes, got shape {image.shape}"
-        )
-    img_spatial = tuple(image.shape[:spatial_ndim])
+    try:
+        leading, is_rgb = spatial_layout(tuple(image.shape), rgb)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
+    img_spatial = tuple(image.shape[: len(leading) + 2])
     if tuple(labels.shape) != img_spatial:
         raise ValueError(
             f"labels of shape {tuple(labels.shape)} do not match image {name!r} of shape "
             f"{img_spatial}; choose the Labels layer painted over this image"
         )
-    leading = img_spatial[:-2]
     pairs: list[LabeledImage] = []
     skipped = 0
     for idx in np.ndindex(*leading) if leading else [()]:

@@ -12,22 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..data.layout import spatial_layout
 from ..data.normalize import normalize_image, to_channels_first
 from ..models.model_file import LoadedModel
 from ..utils.devices import resolve_device
-from ..utils.generators import drive
-from .tiling import blend_window, plan_tiles, round_up
-
-
-@dataclass
-class Progress:
-    """How far a prediction is: tiles done out of the total, over all slices."""
-
-    done: int
-    total: int
-    message: str = ""
+from ..utils.generators import Progress, drive, relay
+from .sliding_window import Predictor, iter_sliding_window, plan_window
+from .uncertainty import dihedral_tta, entropy_map
 
 
 @dataclass
@@ -37,30 +29,29 @@ class Prediction:
     Attributes:
         labels: class index per pixel, the image's spatial shape (plus leading stack axes).
         probabilities: class probabilities, ``(..., C, H, W)`` float32, when asked for.
+        uncertainty: per-pixel entropy of the probabilities scaled to [0, 1]
+            (``(..., H, W)`` float32), when asked for; with ``tta`` it is the
+            entropy of the 8-view average.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
-
-
-def spatial_layout(image_shape: tuple[int, ...], rgb: bool | None) -> tuple[tuple[int, ...], bool]:
-    """Split a shape into leading (stack) axes and whether the last axis is colour.
-
-    ``(H, W)`` gray, ``(H, W, 3|4)`` colour (unless ``rgb`` is False), ``(Z, H, W)``
-    a gray stack, ``(Z, H, W, 3|4)`` a colour stack (when ``rgb`` is not False), and so on.
-    """
-    ndim = len(image_shape)
-    if ndim < 2:
-        raise ValueError(f"expected an image with at least 2 dimensions, got shape {image_shape}")
-    is_rgb = bool(rgb) if rgb is not None else (ndim >= 3 and image_shape[-1] in (3, 4))
-    if is_rgb and ndim < 3:
-        raise ValueError(f"shape {image_shape} cannot be a colour image")
-    spatial_end = ndim - 1 if is_rgb else ndim
-    return tuple(image_shape[: spatial_end - 2]), is_rgb
+    uncertainty: np.ndarray | None = None
 
 
 def _size_multiple(module: torch.nn.Module) -> int:
     return int(getattr(module, "size_multiple", 1))
+
+
+def softmax_predictor(module: torch.nn.Module, device: torch.device) -> Predictor:
+    """A sliding-window predictor: class probabilities of ``module`` (mixed precision on CUDA)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            logits = module(batch)
+        return torch.softmax(logits.float(), dim=1)
+
+    return run
 
 
 def iter_predict(
@@ -74,6 +65,8 @@ def iter_predict(
     batch_size: int = 4,
     device: str | torch.device = "auto",
     return_probabilities: bool = False,
+    tta: bool = False,
+    return_uncertainty: bool = False,
 ) -> Generator[Progress, None, Prediction]:
     """Segment ``image`` tile by tile, yielding :class:`Progress`; returns a :class:`Prediction`.
 
@@ -87,73 +80,67 @@ def iter_predict(
         halo: tile-border pixels discarded where tiles meet (default: a quarter
             of the overlap; see ``tiling``).
         batch_size: tiles per forward pass.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
         return_probabilities: also return per-class probabilities.
+        tta: test-time augmentation: average the probabilities over the 8
+            flips/90-degree rotations of each tile (8x the compute; usually a
+            little more accurate, and a better uncertainty).
+        return_uncertainty: also return the per-pixel uncertainty (entropy).
     """
     leading, is_rgb = spatial_layout(tuple(image.shape), rgb)
     dev = resolve_device(device)
     module = model.module.to(dev).eval()
+    predictor = softmax_predictor(module, dev)
+    if tta:
+        predictor = dihedral_tta(predictor)
     multiple = _size_multiple(module)
     h, w = image.shape[len(leading) : len(leading) + 2]
-    hp, wp = round_up(h, multiple), round_up(w, multiple)
-    tile = tile_size or max(hp, wp)
-    if overlap is None:
-        overlap = tile // 4
-    if halo is None:
-        halo = overlap // 4
-    layout = plan_tiles((hp, wp), tile, overlap, halo, multiple)
-    n_slices = int(np.prod(leading)) if leading else 1
-    total = layout.num_tiles * n_slices
+    layout, halo = plan_window((h, w), tile_size, overlap, halo, multiple)
+    slices = list(np.ndindex(*leading)) if leading else [()]
+    total = layout.num_tiles * len(slices)
     ncls = model.spec.num_classes
     label_dtype = np.uint8 if ncls < 256 else np.uint16
     labels = np.zeros((*leading, h, w), label_dtype)
     probs = np.zeros((*leading, ncls, h, w), np.float32) if return_probabilities else None
+    unsure = np.zeros((*leading, h, w), np.float32) if return_uncertainty else None
 
-    done = 0
     yield Progress(0, total, "starting")
-    for idx in np.ndindex(*leading) if leading else [()]:
+    for i, idx in enumerate(slices):
         plane = np.asarray(image[idx])
         chw = normalize_image(
             to_channels_first(plane, model.spec.in_channels, rgb=is_rgb),
             model.spec.normalization,
             source_dtype=plane.dtype,
         )
-        x = torch.from_numpy(np.ascontiguousarray(chw))
-        if (hp, wp) != (h, w):
-            # reflect needs pad < size; replicate covers tiny images
-            mode = "reflect" if hp - h < h and wp - w < w else "replicate"
-            x = F.pad(x[None], (0, wp - w, 0, hp - h), mode=mode)[0]
-        acc = torch.zeros((ncls, hp, wp), dtype=torch.float32)
-        norm = torch.zeros((hp, wp), dtype=torch.float32)
-        tiles = layout.tiles()
-        th, tw = layout.tile
-        for b in range(0, len(tiles), batch_size):
-            batch_pos = tiles[b : b + batch_size]
-            batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in batch_pos]).to(dev)
-            out = _forward(module, batch, dev)
-            out = torch.softmax(out.float(), dim=1).cpu()
-            for (y, xx), p in zip(batch_pos, out, strict=True):
-                wgt = torch.from_numpy(blend_window(layout, y, xx, (hp, wp), halo))
-                acc[:, y : y + th, xx : xx + tw] += p * wgt
-                norm[y : y + th, xx : xx + tw] += wgt
-            done += len(batch_pos)
-            yield Progress(done, total, f"slice {idx}" if leading else "")
-        p_full = (acc / norm.clamp_min(1e-12))[:, :h, :w]
-        labels[idx] = p_full.argmax(0).numpy().astype(label_dtype)
+        windows = iter_sliding_window(
+            torch.from_numpy(np.ascontiguousarray(chw)),
+            predictor,
+            tile_size=tile_size,
+            overlap=overlap,
+            halo=halo,
+            size_multiple=multiple,
+            batch_size=batch_size,
+            device=dev,
+        )
+        message = f"slice {idx}" if leading else ""
+        p = yield from relay(windows, i * layout.num_tiles, total, message)
+        labels[idx] = class_labels(p)
         if probs is not None:
-            probs[idx] = p_full.numpy()
-    return Prediction(labels=labels, probabilities=probs)
+            probs[idx] = p.numpy()
+        if unsure is not None:
+            unsure[idx] = entropy_map(p)
+    return Prediction(labels=labels, probabilities=probs, uncertainty=unsure)
 
 
-def _forward(module: torch.nn.Module, batch: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    try:
-        with torch.inference_mode(), torch.autocast(dev.type, enabled=dev.type == "cuda"):
-            return module(batch)
-    except torch.OutOfMemoryError as err:
-        raise RuntimeError(
-            f"out of memory on {dev} with a batch of {batch.shape[0]} tiles of "
-            f"{tuple(batch.shape[-2:])} px; try a smaller tile size or batch size, or the CPU"
-        ) from err
+def class_labels(probabilities: torch.Tensor) -> np.ndarray:
+    """The most probable class per pixel of ``(K, H, W)`` probabilities (ties: the lower class).
+
+    Cheaper than ``argmax(0)`` plus an int64 copy: two classes are one comparison,
+    more take ``torch.max``'s indices; numpy casts them into the label array.
+    """
+    if probabilities.shape[0] == 2:
+        return (probabilities[1] > probabilities[0]).numpy()
+    return torch.max(probabilities, 0).indices.numpy()
 
 
 def predict(model: LoadedModel, image: np.ndarray, **kwargs) -> Prediction:

@@ -10,12 +10,14 @@ receptive-field radius, tiled output equals whole-image output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
     return -(-n // multiple) * multiple
 
 
@@ -92,3 +94,49 @@ def blend_window(
     wy = _window_1d(th, y == 0, y + th >= shape[0], halo, sigma_scale)
     wx = _window_1d(tw, x == 0, x + tw >= shape[1], halo, sigma_scale)
     return np.outer(wy, wx).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class BlendWeights:
+    """The blending weights of one tile layout: a window per tile and their sum.
+
+    Tiles with the same borders share one (read-only) window array.
+    """
+
+    windows: dict[tuple[int, int], np.ndarray] = field(repr=False)
+    norm: np.ndarray = field(repr=False)
+
+
+@functools.lru_cache(maxsize=16)
+def blend_weights(
+    layout: TileLayout, shape: tuple[int, int], halo: int, sigma_scale: float = 0.125
+) -> BlendWeights:
+    """The weights of every tile of ``layout`` over ``shape``, built once per layout.
+
+    Windows differ only by which sides border another tile, so at most nine are
+    built; the normalising sum is built with them. A lone tile gets weight 1, so
+    a whole-image pass returns the predictor's output unchanged. Cached: the
+    slices of a stack share one layout.
+    """
+    th, tw = layout.tile
+    if layout.num_tiles == 1:
+        ones = np.ones((th, tw), np.float32)
+        ones.flags.writeable = False
+        norm = np.zeros(shape, np.float32)
+        y, x = layout.tiles()[0]
+        norm[y : y + th, x : x + tw] = 1
+        norm.flags.writeable = False
+        return BlendWeights({(y, x): ones}, norm)
+    by_sides: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+    windows: dict[tuple[int, int], np.ndarray] = {}
+    norm = np.zeros(shape, np.float32)
+    for y, x in layout.tiles():
+        sides = (y == 0, y + th >= shape[0], x == 0, x + tw >= shape[1])
+        if sides not in by_sides:
+            window = blend_window(layout, y, x, shape, halo, sigma_scale)
+            window.flags.writeable = False
+            by_sides[sides] = window
+        windows[(y, x)] = by_sides[sides]
+        norm[y : y + th, x : x + tw] += windows[(y, x)]
+    norm.flags.writeable = False
+    return BlendWeights(windows, norm)

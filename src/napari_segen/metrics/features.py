@@ -24,8 +24,34 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..data.files import ImageFiles, pair_files_by_name
+from ..data.normalize import normalize_image, to_channels_first
+from ..models import build_model, default_model_path, load_model
+from ..models.model_file import LoadedModel, ModelSpec
 from ..utils.devices import resolve_device
 from .image_quality import dtype_data_range, iter_planes
+
+# ImageFiles and pair_files_by_name live in data.files; the CLI and the metrics widget
+# still import them from here.
+__all__ = [
+    "INCEPTION_FILES",
+    "INCEPTION_NAME",
+    "INCEPTION_URL",
+    "WEIGHTS_ENV",
+    "FeatureExtractor",
+    "FeatureWeightsError",
+    "ImageFiles",
+    "InceptionFeatures",
+    "UNetEncoderFeatures",
+    "count_images",
+    "find_inception_weights",
+    "inception_search_paths",
+    "iter_features",
+    "load_inception_state",
+    "missing_weights_message",
+    "pair_files_by_name",
+    "to_uint8_rgb",
+]
 
 INCEPTION_FILES = (
     "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity / torchmetrics
@@ -241,9 +267,6 @@ class UNetEncoderFeatures:
     is_inception = False
 
     def __init__(self, model: Any = None, device: str | torch.device = "auto") -> None:
-        from ..models import load_model
-        from ..models.model_file import LoadedModel
-
         if model is None:
             model = _default_or_random_unet()
         elif isinstance(model, (str, os.PathLike)):
@@ -266,8 +289,6 @@ class UNetEncoderFeatures:
 
     @torch.no_grad()
     def __call__(self, batch: Sequence[np.ndarray]) -> np.ndarray:
-        from ..data.normalize import normalize_image, to_channels_first
-
         spec = self.model.spec
         arrs = [
             normalize_image(to_channels_first(im, spec.in_channels), spec.normalization, im.dtype)
@@ -284,11 +305,8 @@ class UNetEncoderFeatures:
         return feats.mean(dim=(2, 3)).double().cpu().numpy()
 
 
-def _default_or_random_unet():
+def _default_or_random_unet() -> LoadedModel:
     """The bundled default model if installed, else a seeded untrained U-Net (named so)."""
-    from ..models import build_model, default_model_path, load_model
-    from ..models.model_file import LoadedModel, ModelSpec
-
     path = Path(str(default_model_path()))
     if path.is_file():
         return load_model(path)
@@ -387,50 +405,3 @@ def count_images(images: Any) -> int | None:
         return len(images)
     except TypeError:
         return None
-
-
-class ImageFiles(Sequence):
-    """Image files read lazily, one at a time, in the given order (a sized iterable)."""
-
-    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
-        self.paths = [Path(p) for p in paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        from ..data.image_io import read_image
-
-        if isinstance(i, slice):
-            return ImageFiles(self.paths[i])
-        return read_image(self.paths[i])
-
-
-def pair_files_by_name(
-    reals: Sequence[str | os.PathLike], fakes: Sequence[str | os.PathLike]
-) -> list[tuple[Path, Path]]:
-    """Pairs of files with the same name stem (``01.png`` matches ``01.tif``), in real order.
-
-    Raises:
-        ValueError: two files of one list share a stem.
-    """
-    by_stem: dict[str, Path] = {}
-    for f in map(Path, fakes):
-        if f.stem in by_stem:
-            raise ValueError(
-                f"two synthetic images are named {f.stem!r} ({by_stem[f.stem].name}, {f.name}); "
-                "names must be unique to pair images"
-            )
-        by_stem[f.stem] = f
-    seen: dict[str, Path] = {}
-    pairs = []
-    for r in map(Path, reals):
-        if r.stem in seen:
-            raise ValueError(
-                f"two real images are named {r.stem!r} ({seen[r.stem].name}, {r.name}); "
-                "names must be unique to pair images"
-            )
-        seen[r.stem] = r
-        if r.stem in by_stem:
-            pairs.append((r, by_stem[r.stem]))
-    return pairs

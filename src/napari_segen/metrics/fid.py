@@ -3,11 +3,12 @@
 FID (Heusel et al. 2017) is the Frechet distance between Gaussians fitted to the
 Inception-v3 pool3 features of the two sets; KID (Binkowski et al. 2018) is the
 unbiased polynomial-kernel MMD of the same features, averaged over random
-subsets. Both follow torchmetrics (same network, weights, preprocessing and
-formulas), so the numbers can be compared with published ones computed the
-same way. Without the Inception weights file, :func:`set_distance` reports no
-FID, says which file is missing, and gives the same two distances in the
-feature space of a napari-segen U-Net encoder, labelled "feature distance".
+subsets. The network, weights and preprocessing are torchmetrics' (see
+:mod:`.features`) and so are the formulas: the distances call torchmetrics'
+functions, so the numbers can be compared with published ones computed the same
+way. Without the Inception weights file, :func:`set_distance` reports no FID,
+says which file is missing, and gives the same two distances in the feature
+space of a napari-segen U-Net encoder, labelled "feature distance".
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Generator, Iterable
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import linalg
 
-from ..utils.generators import drive
+from ..utils.generators import Progress, drive
 from .features import (
     FeatureExtractor,
     InceptionFeatures,
@@ -29,7 +31,6 @@ from .features import (
     iter_features,
     missing_weights_message,
 )
-from .image_quality import Progress
 
 FID_HELP = (
     "FID (Frechet Inception distance, 0 = same distribution, lower is better) compares the "
@@ -59,13 +60,11 @@ DEFAULT_KID_SUBSET_SIZE = 1000  # torchmetrics' default
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
-    """Frechet distance ``|mu1-mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)`` in float64.
+    """Frechet distance ``|mu1-mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)`` in float64, as torchmetrics.
 
-    The trace of the matrix square root is taken as ``Tr((S1^1/2 S2 S1^1/2)^1/2)``
-    (the same value, since the two products are similar matrices) from symmetric
-    eigendecompositions with tiny negative eigenvalues clipped to 0: stable for
-    the rank-deficient covariances of small sets, where ``sqrtm(S1 @ S2)`` can
-    turn complex or fail.
+    The statistics are checked here (one feature length, finite values); the value is
+    torchmetrics' FID formula (``Tr((S1 S2)^1/2)`` from the eigenvalues of ``S1 S2``),
+    with the tiny negative values that rounding can give clipped to 0.
     """
     mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
     mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
@@ -79,15 +78,17 @@ def frechet_distance(
     for x in (mu1, mu2, s1, s2):
         if not np.isfinite(x).all():
             raise ValueError("the feature statistics hold NaN or inf; check the input images")
-    s1 = (s1 + s1.T) / 2
-    s2 = (s2 + s2.T) / 2
-    w, v = linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    ev = linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    # torchmetrics has no public function for the Frechet distance of two Gaussians:
+    # FrechetInceptionDistance takes images (or features through a pass-through
+    # `feature=` module), keeps running sums rather than statistics, and always
+    # decomposes the D x D product. _compute_fid is the function its compute() calls;
+    # calling it on statistics keeps this function's signature and gives torchmetrics'
+    # FID by construction. Its (mu1, sigma1, mu2, sigma2) signature is the same in the
+    # torchmetrics versions we support; test_frechet_matches_torchmetrics_formula pins it.
+    # Imported here, not with the module: torchmetrics loads torchvision and Triton.
+    from torchmetrics.image.fid import _compute_fid
+
+    value = float(_compute_fid(*(torch.from_numpy(x) for x in (mu1, s1, mu2, s2))))
     return max(value, 0.0)
 
 
@@ -111,11 +112,14 @@ def feature_statistics(features: np.ndarray, chunk: int = 4096) -> tuple[np.ndar
 def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets ``(N, D)``, ``(M, D)``.
 
-    With fewer images than dimensions the covariances ``A^T A/(N-1)`` and
-    ``B^T B/(M-1)`` (``A``, ``B`` the centred features) have low rank, and
-    ``Tr((S1 S2)^1/2)`` equals the sum of the singular values of ``A B^T``
-    divided by ``sqrt((N-1)(M-1))``: the same number from an N x M matrix instead
-    of D x D eigendecompositions. Otherwise :func:`frechet_distance` is used.
+    With at least D images in either set this is :func:`frechet_distance` (torchmetrics'
+    formula) of :func:`feature_statistics`. When both sets hold fewer images than
+    dimensions, the covariances ``A^T A/(N-1)`` and ``B^T B/(M-1)`` (``A``, ``B`` the
+    centred features) have low rank, and ``Tr((S1 S2)^1/2)`` equals the sum of the
+    singular values of ``A B^T`` divided by ``sqrt((N-1)(M-1))``: the same number from
+    an N x M matrix. This is the usual case in the widget (tens of images, 2048-d
+    features), where decomposing the mostly-zero D x D product takes seconds on a CPU
+    and the square roots of its rounding-level eigenvalues add noise.
     """
     f1, f2 = np.asarray(f1), np.asarray(f2)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
@@ -145,7 +149,8 @@ def polynomial_mmd(
 ) -> float:
     """Unbiased MMD^2 of two equal-size samples with kernel ``(gamma x.y + coef)^degree``.
 
-    ``gamma`` defaults to ``1/D``. Same estimator as torchmetrics' and the KID paper's.
+    ``gamma`` defaults to ``1/D``. Computed by torchmetrics' ``poly_mmd`` (the KID
+    paper's estimator) in float64.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m = x.shape[0]
@@ -153,13 +158,9 @@ def polynomial_mmd(
         raise ValueError(
             f"the kernel MMD needs two samples of equal size >= 2, got {m} and {len(y)}"
         )
-    g = 1.0 / x.shape[1] if gamma is None else gamma
-    k_xx = (x @ x.T * g + coef) ** degree
-    k_yy = (y @ y.T * g + coef) ** degree
-    k_xy = (x @ y.T * g + coef) ** degree
-    sum_xx = k_xx.sum() - np.trace(k_xx)
-    sum_yy = k_yy.sum() - np.trace(k_yy)
-    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+    from torchmetrics.image.kid import poly_mmd  # on use: torchmetrics loads torchvision
+
+    return float(poly_mmd(torch.from_numpy(x), torch.from_numpy(y), degree, gamma, coef))
 
 
 def kernel_distance(
@@ -175,6 +176,9 @@ def kernel_distance(
     (default ``min(1000, N_real, N_fake)``); the seed makes the result repeatable.
     Returns ``(mean, std, subset_size)``.
     """
+    # torchmetrics' KernelInceptionDistance draws its subsets with the global torch RNG,
+    # so its value changes from call to call; the subsets are drawn here from `seed`,
+    # and each one is scored by torchmetrics' poly_mmd, as KernelInceptionDistance does.
     n = min(len(f_real), len(f_fake))
     size = min(DEFAULT_KID_SUBSET_SIZE, n) if subset_size is None else int(subset_size)
     if size < 2 or size > n:

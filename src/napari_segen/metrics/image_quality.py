@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ..utils.generators import drive
+from ..utils.generators import Progress, drive
 
 SSIM_HELP = (
     "SSIM (structural similarity, 1 = identical, 0 = unrelated) compares local means, "
@@ -41,15 +40,6 @@ PSNR_HELP = (
     "images, as given for float images). Each pair is scored on its own; the set value is "
     "the mean over pairs (not the PSNR of the pooled MSE)."
 )
-
-
-@dataclass
-class Progress:
-    """How far a metrics computation is: steps done out of the total (0 = unknown)."""
-
-    done: int
-    total: int
-    message: str = ""
 
 
 def dtype_data_range(dtype: np.dtype) -> float:

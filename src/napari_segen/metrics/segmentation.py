@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE_INDEX = -100
+# re-exported: IGNORE_INDEX was defined here before it moved to data.conventions
+from ..data.conventions import IGNORE_INDEX  # noqa: F401
 
 
 @dataclass

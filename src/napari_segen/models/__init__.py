@@ -1,5 +1,9 @@
 """Architectures (U-Net, FCN, pix2pix), the model registry and model files."""
 
+# The architecture modules register themselves on import: importing them here means
+# that any import of napari_segen.models... sees every built-in architecture, and that
+# a broken architecture module fails loudly here instead of being "unknown" later.
+from . import fcn, pix2pix, unet  # noqa: F401
 from .model_file import (
     LoadedModel,
     ModelFileError,

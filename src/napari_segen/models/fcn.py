@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.segmentation import fcn_resnet50
 
 from .registry import register_model
 
@@ -35,6 +34,10 @@ class FCN(nn.Module):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"FCN takes 1 or 3 input channels, got {in_channels}")
+        # torchvision is imported on first use, not with the package: it loads torch._dynamo
+        # and with it Triton, which must not happen after Mesa's LLVM (see napari_segen._compat).
+        from torchvision.models.segmentation import fcn_resnet50
+
         self.in_channels = in_channels
         self.net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=num_classes)
         self.register_buffer(

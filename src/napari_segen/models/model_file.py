@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..utils.atomic import atomic_path, check_writable
+from ..utils.devices import resolve_device
 from .registry import build_model
 
 FORMAT = "napari-segen-model"
@@ -200,5 +201,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise ModelFileError(
             f"{path}: the weights do not match the described {spec.architecture} ({first})"
         ) from err
-    module.eval().to(device)
+    module.eval().to(resolve_device(device))
     return LoadedModel(module=module, spec=spec, path=path)

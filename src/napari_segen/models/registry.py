@@ -3,11 +3,16 @@
 Each architecture is a builder ``fn(**kwargs) -> nn.Module`` registered under
 a name. Model files store the name and its keyword arguments, so loading a
 file only ever calls registered builders (no pickled code).
+
+This module is a leaf: it imports nothing from the package. The architecture
+modules (``unet``, ``fcn``, ``pix2pix``) register themselves with
+:func:`register_model`, and ``napari_segen.models`` imports them, so any import
+of ``napari_segen.models...`` has the built-in architectures registered, and an
+error inside one of them surfaces as itself when the package is imported.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +35,6 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_models() -> list[str]:
     """Names of all registered architectures."""
-    _ensure_builtin()
     return sorted(_BUILDERS)
 
 
@@ -40,7 +44,6 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     Raises a ``ValueError`` naming the known architectures when ``name`` is unknown,
     and one naming the bad argument when the builder rejects ``kwargs``.
     """
-    _ensure_builtin()
     if name not in _BUILDERS:
         raise ValueError(
             f"unknown architecture {name!r}; known architectures: {', '.join(sorted(_BUILDERS))}"
@@ -49,11 +52,3 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return _BUILDERS[name](**kwargs)
     except TypeError as err:
         raise ValueError(f"bad arguments for architecture {name!r}: {err}") from err
-
-
-def _ensure_builtin() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from . import fcn, unet  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # pix2pix is optional while it is being built
-        from . import pix2pix  # noqa: F401

@@ -5,9 +5,10 @@ No Qt, no napari.
 
 from .generate import (
     ExportResult,
-    GenerateProgress,
+    Progress,
     export_pairs,
     generate_image,
+    generate_tensor,
     iter_export_pairs,
     iter_generate,
     load_generator,
@@ -17,13 +18,14 @@ from .trainer import SynthConfig, SynthEvent, SynthResult, resume_state_path, tr
 
 __all__ = [
     "ExportResult",
-    "GenerateProgress",
+    "Progress",
     "MaskTransformConfig",
     "SynthConfig",
     "SynthEvent",
     "SynthResult",
     "export_pairs",
     "generate_image",
+    "generate_tensor",
     "iter_export_pairs",
     "iter_generate",
     "iter_random_masks",

@@ -23,22 +23,13 @@ import torch
 from PIL import Image
 
 from ..data.image_io import write_labels
-from ..inference.tiling import blend_window, plan_tiles, round_up
+from ..inference.sliding_window import sliding_window
+from ..inference.tiling import round_up
 from ..models.model_file import LoadedModel, ModelFileError, load_model
 from ..utils.atomic import OverwriteError, atomic_path
 from ..utils.devices import resolve_device
-from ..utils.generators import drive
+from ..utils.generators import Progress, drive
 from .masks import MaskTransformConfig, iter_random_masks
-
-
-@dataclass
-class GenerateProgress:
-    """How far a generation or export is (``done`` of ``total`` images)."""
-
-    done: int
-    total: int
-    message: str = ""
-    path: str | None = None
 
 
 @dataclass
@@ -66,10 +57,17 @@ def check_generator(model: LoadedModel) -> LoadedModel:
     return model
 
 
-def load_generator(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
-    """Load a generator model file (``task="synthesis"``); readable errors for anything else."""
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device | None = "cpu"
+) -> LoadedModel:
+    """Load a generator model file (``task="synthesis"``) onto ``device``.
+
+    ``device`` is a user's choice (``"auto"``, ``"cpu"``, ``"cuda:1"``...); anything
+    that is not a generator gives a readable ValueError.
+    """
+    dev = resolve_device(device)
     try:
-        model = load_model(path, device=device)
+        model = load_model(path, device=dev)
     except ModelFileError as err:
         raise ValueError(str(err)) from err
     return check_generator(model)
@@ -99,16 +97,29 @@ def generate_tensor(
     tile_size: int | None = None,
     stochastic: bool = False,
     seed: int | None = None,
+    overlap: int | None = None,
+    halo: int | None = None,
 ) -> torch.Tensor:
     """Generate from one ``(H, W)`` label map: a ``(C, H, W)`` float tensor in [-1, 1] on the CPU.
+
+    Tiles run through the same sliding window as segmentation
+    (:func:`napari_segen.inference.sliding_window.iter_sliding_window`), one at a
+    time, so a seeded stochastic run draws its dropout noise tile after tile.
+    Tiled generation equals whole-image generation only for a generator without
+    per-image statistics (batch norm in eval mode, or none) and a halo covering
+    its receptive field. With instance norm (the default) every tile is
+    normalised by its own statistics, so tiled generation is an approximation:
+    the blending hides the seams.
 
     Args:
         model: a loaded generator.
         labels: class indices (negative = unannotated, fed as "no class").
-        device: where to run it.
+        device: where to run it: ``"auto"``, ``"cpu"``, ``"cuda:1"``...
         tile_size: generate in blended tiles of about this size (None: whole image).
         stochastic: keep dropout on (a different image each time, as pix2pix's noise).
         seed: seed for the dropout noise.
+        overlap: pixels shared by neighbouring tiles (default: half a tile).
+        halo: tile-border pixels discarded where tiles meet (default: 0).
     """
     check_generator(model)
     gen = model.module
@@ -117,41 +128,34 @@ def generate_tensor(
     m = gen.size_multiple
     h, w = labels.shape
     ph, pw = round_up(h, m) - h, round_up(w, m) - w
+    # mirrored label maps stay label maps; the window then has nothing left to pad
     padded = np.pad(labels, ((0, ph), (0, pw)), mode="symmetric") if ph or pw else labels
+    tile = None
+    if tile_size is not None:
+        tile = max(round_up(tile_size, m), 2 * m)
+        if overlap is None:
+            overlap = round_up(tile // 2, m)
     gen.to(dev).eval()
     gen.set_stochastic(stochastic)
     try:
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = _run(gen, padded, dev, tile_size)
-    except torch.OutOfMemoryError as err:
-        raise RuntimeError(
-            f"out of memory generating a {h}x{w} image on {dev}; try a smaller tile size"
-        ) from err
+            out = sliding_window(
+                # class indices as one float channel: exact, and one-hot only per tile
+                torch.from_numpy(padded).float()[None],
+                lambda batch: gen(batch[:, 0].long()).float(),
+                tile_size=tile,
+                overlap=overlap,
+                halo=halo or 0,
+                size_multiple=m,
+                batch_size=1,
+                device=dev,
+                sigma_scale=0.25,
+            )
     finally:
         gen.set_stochastic(False)
     return out[:, :h, :w]
-
-
-def _run(gen, labels: np.ndarray, dev: torch.device, tile_size: int | None) -> torch.Tensor:
-    H, W = labels.shape
-    lab = torch.from_numpy(labels)
-    m = gen.size_multiple
-    with torch.no_grad():
-        if tile_size is None or (tile_size >= H and tile_size >= W):
-            return gen(lab[None].to(dev)).float().cpu()[0]
-        tile = max(round_up(tile_size, m), 2 * m)
-        layout = plan_tiles((H, W), tile, overlap=round_up(tile // 2, m), halo=0, multiple=m)
-        acc = torch.zeros((gen.out_channels, H, W))
-        wsum = torch.zeros((1, H, W))
-        th, tw = layout.tile
-        for y, x in layout.tiles():
-            out = gen(lab[None, y : y + th, x : x + tw].to(dev)).float().cpu()[0]
-            wgt = torch.from_numpy(blend_window(layout, y, x, (H, W), halo=0, sigma_scale=0.25))
-            acc[:, y : y + th, x : x + tw] += out * wgt
-            wsum[:, y : y + th, x : x + tw] += wgt
-        return acc / wsum.clamp_min(1e-8)
 
 
 def to_unit(chw: torch.Tensor) -> np.ndarray:
@@ -197,7 +201,7 @@ def iter_generate(
     tile_size: int | None = None,
     stochastic: bool = False,
     seed: int | None = None,
-) -> Generator[GenerateProgress, None, np.ndarray | list[np.ndarray]]:
+) -> Generator[Progress, None, np.ndarray | list[np.ndarray]]:
     """Generate for a label map, a ``(Z, H, W)`` stack or a list of maps, one progress event each.
 
     Returns an array (a 2D map gives one image, a stack a stack) or, for a list, a list.
@@ -207,19 +211,20 @@ def iter_generate(
     if not is_list and arr.ndim not in (2, 3):
         raise ValueError(f"expected a 2D label map or a (Z, H, W) stack, got shape {arr.shape}")
     maps = list(arr) if is_list or arr.ndim == 3 else [arr]
+    dev = resolve_device(device)
     out = []
     for i, lab in enumerate(maps):
         out.append(
             generate_image(
                 model,
                 lab,
-                device=device,
+                device=dev,
                 tile_size=tile_size,
                 stochastic=stochastic,
                 seed=None if seed is None else seed + i,
             )
         )
-        yield GenerateProgress(i + 1, len(maps), f"generated image {i + 1} of {len(maps)}")
+        yield Progress(i + 1, len(maps), f"generated image {i + 1} of {len(maps)}")
     if is_list:
         return out
     return np.stack(out) if arr.ndim == 3 else out[0]
@@ -261,7 +266,7 @@ def iter_export_pairs(
     device: str | torch.device = "auto",
     prefix: str = "synth",
     overwrite: bool = False,
-) -> Generator[GenerateProgress, None, ExportResult]:
+) -> Generator[Progress, None, ExportResult]:
     """Write ``n`` synthetic (image, mask) pairs to ``out_dir/images`` and ``out_dir/masks``.
 
     Each mask is a random transform of a source mask (see
@@ -273,6 +278,7 @@ def iter_export_pairs(
     when any of them exists, unless ``overwrite`` is True.
     """
     check_generator(model)
+    dev = resolve_device(device)
     if n < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {n}")
     if not masks:
@@ -303,7 +309,7 @@ def iter_export_pairs(
         image = generate_image(
             model,
             mask,
-            device=device,
+            device=dev,
             tile_size=tile_size,
             stochastic=stochastic,
             seed=None if seed is None else seed + i,
@@ -313,7 +319,7 @@ def iter_export_pairs(
         write_labels(mask_path, mask, overwrite=overwrite)
         result.images.append(img_path)
         result.masks.append(mask_path)
-        yield GenerateProgress(i + 1, n, f"pair {i + 1} of {n} (from mask {src})", str(img_path))
+        yield Progress(i + 1, n, f"pair {i + 1} of {n} (from mask {src})", str(img_path))
     return result
 
 

@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data.datasets import LabeledImage
+from ..data.layout import is_rgb_shape
 from ..data.normalize import normalize_image, to_channels_first
 from ..models.model_file import LoadedModel
+from ..utils.devices import resolve_device
 from .generate import generate_tensor, to_unit
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ def image_quality(
     *,
     fid: bool = True,
     data_range: float | None = 1.0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     extractor: Any = None,
 ) -> dict[str, Any]:
     """SSIM, PSNR (paired) and FID/KID (sets) of ``fakes`` against ``reals``.
@@ -76,7 +79,7 @@ def evaluate_generator(
     model: LoadedModel,
     pairs: Sequence[LabeledImage],
     *,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     fid: bool = True,
     stochastic: bool = False,
     seed: int | None = 0,
@@ -89,20 +92,21 @@ def evaluate_generator(
     """
     if not pairs:
         raise ValueError("no image/mask pairs to evaluate the generator on")
+    dev = resolve_device(device)
     reals, fakes = [], []
     for i, p in enumerate(pairs):
         mask = np.where(np.asarray(p.mask) < 0, 0, p.mask)
         fake = generate_tensor(
             model,
             mask,
-            device=device,
+            device=dev,
             stochastic=stochastic,
             tile_size=tile_size,
             seed=None if seed is None else seed + i,
         )
         fakes.append(to_unit(fake))
-        reals.append(real_to_unit(p.image, model, rgb=p._is_rgb()))
-    return image_quality(reals, fakes, fid=fid, device=device, extractor=extractor)
+        reals.append(real_to_unit(p.image, model, rgb=is_rgb_shape(p.image.shape, p.rgb)))
+    return image_quality(reals, fakes, fid=fid, device=dev, extractor=extractor)
 
 
 def format_quality(q: dict[str, Any]) -> str:

@@ -3,6 +3,9 @@
 Like :func:`napari_segen.training.train_segmentation`, one loop serves every
 front end: the napari Synthesize widget runs it in a ``thread_worker`` (cancel =
 stop iterating; the last checkpoint stays on disk), the CLI prints its events.
+Files, seeds, device, mixed precision, the clock and the finite-loss guard are
+the shared :class:`~napari_segen.training.run.TrainingRun`'s; crops come from the
+shared :class:`~napari_segen.data.sampler.CropSampler`.
 
 Losses follow Isola et al. (2017): an adversarial term (least squares by
 default, or binary cross-entropy) plus ``l1_weight`` (100) times the L1
@@ -13,17 +16,16 @@ steps. Training crops are random, flipped and rotated together with their masks.
 Files written:
   * ``out_path`` (+ ``.json``): the generator as a model file (``task="synthesis"``),
     readable with :func:`napari_segen.models.load_model`;
-  * ``<name>.resume.safetensors``: generator, discriminator, optimiser and
-    random state to resume from (tensors only, JSON metadata, nothing pickled);
+  * ``<name>.last.safetensors`` (+ ``.json``): generator, discriminator, optimiser
+    and random states to resume from (the checkpoint format of
+    :mod:`napari_segen.training.checkpoint`; tensors and JSON, nothing pickled);
   * ``<name>_samples/step_000200.png``: grids of mask | real | generated crops.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,19 +34,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import __version__
 from ..data.datasets import LabeledImage
 from ..data.normalize import normalize_image, to_channels_first
-from ..models.model_file import LoadedModel, ModelSpec, save_model
+from ..data.sampler import CropSampler, seeded_generator
+from ..models.model_file import LoadedModel, ModelSpec
 from ..models.registry import build_model
-from ..utils.atomic import atomic_path, check_writable
-from ..utils.devices import resolve_device
+from ..training.checkpoint import Checkpoint, check_spec_fits, last_checkpoint_path, load_checkpoint
+from ..training.run import TrainingRun, base_provenance
+from ..utils.atomic import atomic_path
+from ..utils.jsonsafe import json_safe
 
-_RESUME_KEY = "napari_segen_resume"
+__all__ = [
+    "SynthConfig",
+    "SynthEvent",
+    "SynthResult",
+    "default_samples_dir",
+    "json_safe",  # the one sanitizer lives in utils.jsonsafe; importable here for callers
+    "resume_state_path",
+    "train_pix2pix",
+]
 
 
 @dataclass
@@ -141,7 +151,8 @@ class SynthEvent:
     ``kind`` is ``"step"`` (after each step, with ``losses``), ``"sample"`` (a
     sample grid was written: ``path``, and the grid as ``image``), ``"saved"``
     (a checkpoint was written to ``path``) or ``"quality"`` (``metrics`` of the
-    generated vs real held-out images).
+    generated vs real held-out images). ``done``/``total`` (= ``step``/``total_steps``)
+    feed a progress bar like any :class:`~napari_segen.utils.generators.Progress`.
     """
 
     kind: str
@@ -152,6 +163,14 @@ class SynthEvent:
     path: str | None = None
     image: np.ndarray | None = None
     message: str = ""
+
+    @property
+    def done(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
 
 
 @dataclass
@@ -180,9 +199,12 @@ class SynthResult:
 
 
 def resume_state_path(out_path: str | os.PathLike) -> Path:
-    """The training-state file written beside a generator model file."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".resume.safetensors")
+    """The checkpoint beside a generator model file (``<name>.last.safetensors``).
+
+    Kept for callers of the pix2pix-only format; the same as
+    :func:`napari_segen.training.checkpoint.last_checkpoint_path`.
+    """
+    return last_checkpoint_path(out_path)
 
 
 def default_samples_dir(out_path: str | os.PathLike) -> Path:
@@ -223,52 +245,327 @@ def image_to_tensor(
     return torch.from_numpy(np.ascontiguousarray(chw * 2 - 1)).clamp_(-1, 1)
 
 
-class _PairSampler:
-    """Random crops of (image, mask) pairs, flipped and rotated together."""
+def train_pix2pix(
+    pairs: Sequence[LabeledImage],
+    out_path: str | os.PathLike | None,
+    *,
+    config: SynthConfig | None = None,
+    val_pairs: Sequence[LabeledImage] = (),
+    class_names: Sequence[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    samples_dir: str | os.PathLike | None = None,
+    provenance: dict[str, Any] | None = None,
+    log_every: int = 50,
+) -> Generator[SynthEvent, None, SynthResult]:
+    """Train a pix2pix generator on image/mask pairs, yielding :class:`SynthEvent`s.
 
-    def __init__(
-        self, pairs: Sequence[LabeledImage], channels: int, norm: dict[str, Any], cfg: SynthConfig
-    ) -> None:
-        self.cfg = cfg
-        self.images = [image_to_tensor(p.image, channels, norm, rgb=p._is_rgb()) for p in pairs]
-        self.masks = [torch.from_numpy(np.asarray(p.mask, np.int64)) for p in pairs]
-        area = np.array([m.numel() for m in self.masks], float)
-        self.weights = torch.from_numpy(area / area.sum())
+    A loss that becomes NaN or infinite stops the run with a ValueError; the
+    files written before stay as they were.
 
-    def crop(self, i: int, size: int, center: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.images[i], self.masks[i]
-        h, w = y.shape
-        ph, pw = max(size - h, 0), max(size - w, 0)
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
-            y = F.pad(y[None, None].float(), (0, pw, 0, ph), mode=mode)[0, 0].long()
-            h, w = y.shape
-        if center:
-            top, left = (h - size) // 2, (w - size) // 2
-        else:
-            top = int(torch.randint(0, h - size + 1, ()))
-            left = int(torch.randint(0, w - size + 1, ()))
-        return x[:, top : top + size, left : left + size], y[top : top + size, left : left + size]
+    Args:
+        pairs: training images with their class-index masks (any source: folders,
+            layers...). Unannotated pixels (negative) are fed as "no class".
+        out_path: ``.safetensors`` file for the generator (None: nothing written).
+        config: training settings.
+        val_pairs: held-out pairs for samples and the final quality readout
+            (empty: samples come from the training pairs and no quality is measured).
+        class_names: one name per class (default: from the highest class in the masks).
+        resume: continue from ``<name>.last.safetensors`` up to ``config.steps``.
+        overwrite: allow replacing an existing ``out_path`` and its checkpoint
+            (resuming always may).
+        samples_dir: where sample grids go (default: ``<name>_samples`` beside ``out_path``).
+        provenance: extra facts recorded in the model file.
+        log_every: steps per entry of the loss history.
+    """
+    cfg = config or SynthConfig()
+    cfg.check()
+    if not pairs:
+        raise ValueError("no training pairs: give at least one image with its mask")
+    run = TrainingRun(
+        out_path, resume=resume, overwrite=overwrite, device=cfg.device, amp=cfg.amp,
+        seed=cfg.seed, time_limit_s=cfg.time_limit_s,
+    )  # fmt: skip
+    ckpt = run.checkpoint()
+    spec, disc_kwargs = _describe_networks(pairs, cfg, class_names, ckpt)
+    gen, disc, parts = _networks(run, cfg, spec, disc_kwargs)
+    ts: dict[str, Any] = {"step": 0, "runs": []}
+    if ckpt is not None:
+        ckpt.restore(**parts)
+        ts.update(ckpt.train_state)
+    step, log = int(ts["step"]), _LossLog.from_json(ts, log_every)
+    sampler = _crop_sampler(pairs, spec, cfg)
+    previews = _Previews.of(
+        _crop_sampler(val_pairs, spec, cfg) if val_pairs else sampler, spec.num_classes,
+        samples_dir if samples_dir is not None or run.out is None else default_samples_dir(run.out),
+    )  # fmt: skip
+    names = [p.name for p in pairs], [p.name for p in val_pairs]
+    extra = {"method": "pix2pix (Isola et al. 2017)", "discriminator": disc_kwargs}
+    prov = {**extra, **(provenance or {})}
+    started_from = "resumed" if ckpt is not None else "scratch"
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        size = self.cfg.crop_size
-        for _ in range(n):
-            i = int(torch.multinomial(self.weights, 1)) if len(self.images) > 1 else 0
-            x, y = self.crop(i, size)
-            if self.cfg.flips:
-                if torch.rand(()) < 0.5:
-                    x, y = x.flip(-1), y.flip(-1)
-                if torch.rand(()) < 0.5:
-                    x, y = x.flip(-2), y.flip(-2)
-            if self.cfg.rot90:
-                k = int(torch.randint(0, 4, ()))
-                if k:
-                    x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
-            xs.append(x)
-            ys.append(y)
-        return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+    def save() -> SynthEvent | None:
+        runs = list(ts["runs"]) + [{"started_from": started_from, "until_step": step}]
+        spec.provenance = base_provenance(asdict(cfg), *names, started_from, prov)
+        spec.provenance.update(steps=step, runs=runs, final_losses=log.last)
+        if run.save_model(gen, spec, step) is None:
+            return None
+        state = {"step": step, "runs": runs, "disc_kwargs": disc_kwargs, "config": asdict(cfg)}
+        state.update(log.to_json())
+        run.save_checkpoint(step, spec=spec, **parts, train_state=state)
+        return SynthEvent(
+            "saved", step, cfg.steps, path=str(run.out), message=f"checkpoint at step {step}"
+        )
+
+    gen.train()
+    disc.train()
+    stopped_early = False
+    if step == 0 and cfg.sample_every:
+        yield previews.event(gen, step, cfg.steps, run.device)
+    while step < cfg.steps:
+        real, mask = run.to_device(*sampler.batch(cfg.batch_size, seeded_generator(cfg.seed, step)))
+        losses = _gan_step(run, cfg, gen, disc, parts, real, mask, _lr_at(cfg, step))
+        step += 1
+        for k, v in losses.items():
+            run.check_finite(v, step, f"{k} loss")
+        log.add(losses, step, final=step == cfg.steps)
+        yield SynthEvent("step", step, cfg.steps, losses)
+        out_of_time = run.out_of_time()
+        stopped_early = out_of_time and step < cfg.steps
+        last = step == cfg.steps or out_of_time
+        if last or (cfg.sample_every and step % cfg.sample_every == 0):
+            yield previews.event(gen, step, cfg.steps, run.device)
+        if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            ev = save()
+            if ev is not None:
+                yield ev
+        if out_of_time:
+            break
+
+    gen.eval()
+    model = LoadedModel(gen, spec, run.out)
+    quality: dict[str, Any] = {}
+    if cfg.evaluate and val_pairs:
+        quality = yield from _held_out_quality(run, model, val_pairs, step, cfg.steps)
+    return SynthResult(
+        run.out, model, step, log.history, quality, previews.written, stopped_early, run.elapsed
+    )
+
+
+def _networks(
+    run: TrainingRun, cfg: SynthConfig, spec: ModelSpec, disc_kwargs: dict[str, Any]
+) -> tuple[nn.Module, nn.Module, dict[str, dict[str, Any]]]:
+    """Generator and discriminator on the run's device, and the parts a checkpoint holds."""
+    gen = build_model(spec.architecture, **spec.arch_kwargs)
+    disc = build_model("patchgan", **disc_kwargs)
+    if cfg.crop_size % gen.size_multiple:
+        raise ValueError(
+            f"the crop size ({cfg.crop_size}) must be a multiple of {gen.size_multiple} "
+            "for the generator being resumed"
+        )
+    _init_weights(gen)
+    _init_weights(disc)
+    gen, disc = run.prepare(gen), run.prepare(disc)
+    betas = (cfg.beta1, 0.999)
+    parts = {
+        "modules": {"gen": gen, "disc": disc},
+        "optimizers": {
+            "opt_g": torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=betas),
+            "opt_d": torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=betas),
+        },
+        "scalers": {"scaler_g": run.grad_scaler(), "scaler_d": run.grad_scaler()},
+    }
+    return gen, disc, parts
+
+
+@dataclass
+class _LossLog:
+    """Mean losses every ``every`` steps (the run's history), carried over a resume."""
+
+    every: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any], every: int) -> _LossLog:
+        return cls(
+            every,
+            list(state.get("history", [])),
+            dict(state.get("running", {})),
+            int(state.get("n_running", 0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"history": self.history, "running": self.running, "n_running": self.count}
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+    def add(self, losses: dict[str, float], step: int, final: bool = False) -> None:
+        for k, v in losses.items():
+            self.running[k] = self.running.get(k, 0.0) + v
+        self.count += 1
+        if step % self.every == 0 or final:
+            n = self.count
+            self.history.append({"step": step, **{k: v / n for k, v in self.running.items()}})
+            self.running, self.count = {}, 0
+
+
+def _describe_networks(
+    pairs: Sequence[LabeledImage],
+    cfg: SynthConfig,
+    class_names: Sequence[str] | None,
+    ckpt: Checkpoint | None,
+) -> tuple[ModelSpec, dict[str, Any]]:
+    """The generator's description and the discriminator's arguments: saved, or new ones."""
+    top = max(int(p.mask.max()) for p in pairs)
+    if ckpt is not None:
+        spec, disc_kwargs = ckpt.spec, dict(ckpt.train_state.get("disc_kwargs", {}))
+        if spec is None or "disc" not in ckpt.modules:
+            raise ValueError(f"{ckpt.path} is not a pix2pix checkpoint; start without resume")
+        stored = sum(t.numel() for t in ckpt.modules["disc"].values())
+        check_spec_fits("patchgan", disc_kwargs, stored, ckpt.path)
+        spec.provenance = {}
+        if top >= spec.num_classes:
+            raise ValueError(
+                f"a training mask holds class {top} but the resumed generator knows "
+                f"{spec.num_classes} classes"
+            )
+        return spec, disc_kwargs
+    ncls = max(top + 1, 2, len(class_names or ()))
+    if class_names is not None and len(class_names) < ncls:
+        raise ValueError(
+            f"the masks hold class {top} but only {len(class_names)} class names were given"
+        )
+    names = list(class_names or ["background"] + [f"class {i}" for i in range(1, ncls)])
+    channels = cfg.out_channels or (3 if any(p._is_rgb() for p in pairs) else 1)
+    spec = ModelSpec(
+        architecture="pix2pix_generator",
+        arch_kwargs=dict(
+            num_classes=ncls,
+            out_channels=channels,
+            ngf=cfg.ngf,
+            depth=cfg.resolved_depth(),
+            norm=cfg.norm,
+            dropout=cfg.dropout,
+        ),  # fmt: skip
+        in_channels=channels,
+        class_names=names,
+        normalization=synthesis_normalization(pairs),
+        task="synthesis",
+    )
+    disc_kwargs = dict(
+        num_classes=ncls, image_channels=channels, ndf=cfg.ndf, n_layers=cfg.n_layers,
+        norm=cfg.norm,
+    )  # fmt: skip
+    return spec, disc_kwargs
+
+
+def _crop_sampler(pairs: Sequence[LabeledImage], spec: ModelSpec, cfg: SynthConfig) -> CropSampler:
+    """Crops in the generator's [-1, 1] range; padding mirrors image and mask alike."""
+    norm, channels = spec.normalization, spec.in_channels
+    images = [image_to_tensor(p.image, channels, norm, rgb=p._is_rgb()) for p in pairs]
+    masks = [torch.from_numpy(np.asarray(p.mask, np.int64)) for p in pairs]
+    return CropSampler(images, masks, cfg.crop_size, flips=cfg.flips, rot90=cfg.rot90)
+
+
+@dataclass
+class _Previews:
+    """Fixed centre crops whose generated images are shown (and written) as the run goes."""
+
+    reals: torch.Tensor
+    masks: torch.Tensor
+    num_classes: int
+    folder: Path | None
+    written: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, sampler: CropSampler, num_classes: int, folder: str | os.PathLike | None
+    ) -> _Previews:
+        reals, masks = sampler.preview(4)
+        return cls(reals, masks, num_classes, Path(folder) if folder is not None else None)
+
+    def event(self, gen: nn.Module, step: int, total: int, device: torch.device) -> SynthEvent:
+        gen.eval()
+        with torch.no_grad():
+            fake = gen(self.masks.to(device)).float().cpu()
+        gen.train()
+        grid = sample_grid(self.masks, self.reals, fake, self.num_classes)
+        path = None
+        if self.folder is not None:
+            path = self.folder / f"step_{step:06d}.png"
+            _write_png(path, grid)
+            self.written.append(path)
+        return SynthEvent("sample", step, total, path=str(path) if path else None, image=grid)
+
+
+def _held_out_quality(
+    run: TrainingRun, model: LoadedModel, val_pairs: Sequence[LabeledImage], step: int, total: int
+) -> Generator[SynthEvent, None, dict[str, Any]]:
+    """Score generated against real held-out images; record it in the model file."""
+    from .quality import evaluate_generator
+
+    quality = evaluate_generator(model, val_pairs, device=str(run.device))
+    yield SynthEvent("quality", step, total, metrics=quality, message=quality.get("message", ""))
+    if run.writes:
+        model.spec.provenance["held_out_quality"] = json_safe(quality)
+        run.save_model(model.module, model.spec, step)
+    return quality
+
+
+def _lr_at(cfg: SynthConfig, step: int) -> float:
+    """The rate at ``step``: constant, then falling linearly to 0 over ``decay_fraction``."""
+    decay_start = cfg.steps * (1 - cfg.decay_fraction)
+    if step < decay_start or cfg.decay_fraction == 0:
+        return cfg.lr
+    return cfg.lr * max(0.0, 1 - (step - decay_start) / max(cfg.steps - decay_start, 1))
+
+
+def _gan_step(
+    run: TrainingRun,
+    cfg: SynthConfig,
+    gen: nn.Module,
+    disc: nn.Module,
+    parts: dict[str, dict[str, Any]],
+    real: torch.Tensor,
+    mask: torch.Tensor,
+    lr: float,
+) -> dict[str, float]:
+    """One discriminator and one generator update at rate ``lr``; the losses as numbers."""
+    opts, scalers = parts["optimizers"], parts["scalers"]
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+    with run.autocast():
+        fake = gen(mask)
+        # Discriminator: real pairs -> 1, generated pairs -> 0.
+        d_real = disc(mask, real)
+        d_fake = disc(mask, fake.detach())
+        loss_d = 0.5 * (
+            _gan_loss(cfg.gan_loss, d_real, True) + _gan_loss(cfg.gan_loss, d_fake, False)
+        )
+    run.optimise(loss_d, opts["opt_d"], scalers["scaler_d"])
+    # Generator: fool the discriminator and stay close to the real image.
+    for p in disc.parameters():
+        p.requires_grad_(False)
+    with run.autocast():
+        loss_gan = _gan_loss(cfg.gan_loss, disc(mask, fake), True)
+        valid = (mask >= 0)[:, None].to(fake.dtype)
+        loss_l1 = (torch.abs(fake.float() - real.float()) * valid).sum() / (
+            valid.sum() * fake.shape[1]
+        ).clamp_min(1)
+        loss_g = loss_gan + cfg.l1_weight * loss_l1
+    run.optimise(loss_g, opts["opt_g"], scalers["scaler_g"])
+    for p in disc.parameters():
+        p.requires_grad_(True)
+    return {
+        "d": float(loss_d.detach()),
+        "g_gan": float(loss_gan.detach()),
+        "l1": float(loss_l1.detach()),
+    }
 
 
 def _gan_loss(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -324,381 +621,18 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def _optimizer_tensors(
-    prefix: str, opt: torch.optim.Optimizer
-) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, state in sd["state"].items():
-        for k, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.state.{pid}.{k}"] = v.detach().to("cpu").contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+def read_training_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (named as before format 2: ``gen.<key>``, ``opt_d.state.<param>.<key>``)
+    and the train state of a pix2pix checkpoint.
 
-
-def _load_optimizer(
-    prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    head = prefix + ".state."
-    for key, v in tensors.items():
-        if key.startswith(head):
-            pid, name = key[len(head) :].split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-    for pid, extra in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(extra)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_training_state(
-    path: Path,
-    gen: nn.Module,
-    disc: nn.Module,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    info: dict[str, Any],
-) -> Path:
-    """Write everything needed to resume to one safetensors file, atomically (nothing pickled)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in (("gen", gen), ("disc", disc)):
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
-    tg, mg = _optimizer_tensors("opt_g", opt_g)
-    td, md = _optimizer_tensors("opt_d", opt_d)
-    tensors.update(tg)
-    tensors.update(td)
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {**info, "opt_g": mg, "opt_d": md}
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata={_RESUME_KEY: json.dumps(meta)})
-    return path
-
-
-def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a training-state file; a readable error when it is not one."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"cannot resume: the training state {path} is missing (it is written beside the "
-            "model file at each checkpoint); train without resuming"
-        )
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get(_RESUME_KEY)
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a valid training-state file ({err})") from err
-    if meta is None:
-        raise ValueError(f"{path} is not a napari-segen pix2pix training state")
-    return tensors, json.loads(meta)
-
-
-def _sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    head = prefix + "."
-    return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
-
-
-def train_pix2pix(
-    pairs: Sequence[LabeledImage],
-    out_path: str | os.PathLike | None,
-    *,
-    config: SynthConfig | None = None,
-    val_pairs: Sequence[LabeledImage] = (),
-    class_names: Sequence[str] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    samples_dir: str | os.PathLike | None = None,
-    provenance: dict[str, Any] | None = None,
-    log_every: int = 50,
-) -> Generator[SynthEvent, None, SynthResult]:
-    """Train a pix2pix generator on image/mask pairs, yielding :class:`SynthEvent`s.
-
-    Args:
-        pairs: training images with their class-index masks (any source: folders,
-            layers...). Unannotated pixels (negative) are fed as "no class".
-        out_path: ``.safetensors`` file for the generator (None: nothing written).
-        config: training settings.
-        val_pairs: held-out pairs for samples and the final quality readout
-            (empty: samples come from the training pairs and no quality is measured).
-        class_names: one name per class (default: from the highest class in the masks).
-        resume: continue from ``out_path``'s training-state file up to ``config.steps``.
-        overwrite: allow replacing an existing ``out_path`` (resuming always may).
-        samples_dir: where sample grids go (default: ``<name>_samples`` beside ``out_path``).
-        provenance: extra facts recorded in the model file.
-        log_every: steps per entry of the loss history.
+    Kept for callers of the pix2pix-only format; new code uses
+    :func:`napari_segen.training.checkpoint.load_checkpoint`.
     """
-    cfg = config or SynthConfig()
-    cfg.check()
-    t0 = time.monotonic()
-    if not pairs:
-        raise ValueError("no training pairs: give at least one image with its mask")
-    if out_path is not None:
-        out_path = Path(out_path)
-        if out_path.suffix != ".safetensors":
-            raise ValueError(f"the output model must end in .safetensors, got {out_path.name}")
-        if not resume:
-            check_writable(out_path, overwrite)
-    elif resume:
-        raise ValueError("resuming needs the model file (out_path) of the run to continue")
-
-    state_tensors: dict[str, torch.Tensor] = {}
-    state_meta: dict[str, Any] = {}
-    if resume:
-        state_tensors, state_meta = read_training_state(resume_state_path(out_path))
-
-    # --- what the networks look like ---------------------------------------------------
-    top = max(int(p.mask.max()) for p in pairs)
-    if state_meta:
-        spec = ModelSpec(**state_meta["spec"])
-        ncls, channels = spec.num_classes, spec.in_channels
-        if top >= ncls:
-            raise ValueError(
-                f"a training mask holds class {top} but the resumed generator knows {ncls} classes"
-            )
-        disc_kwargs = state_meta["disc_kwargs"]
-        norm = spec.normalization
-    else:
-        ncls = max(top + 1, 2, len(class_names or ()))
-        if class_names is not None and len(class_names) < ncls:
-            raise ValueError(
-                f"the masks hold class {top} but only {len(class_names)} class names were given"
-            )
-        names = (
-            list(class_names)
-            if class_names
-            else ["background"] + [f"class {i}" for i in range(1, ncls)]
-        )
-        channels = cfg.out_channels or (3 if any(p._is_rgb() for p in pairs) else 1)
-        norm = synthesis_normalization(pairs)
-        spec = ModelSpec(
-            architecture="pix2pix_generator",
-            arch_kwargs=dict(
-                num_classes=ncls,
-                out_channels=channels,
-                ngf=cfg.ngf,
-                depth=cfg.resolved_depth(),
-                norm=cfg.norm,
-                dropout=cfg.dropout,
-            ),
-            in_channels=channels,
-            class_names=names,
-            normalization=norm,
-            task="synthesis",
-        )
-        disc_kwargs = dict(
-            num_classes=ncls,
-            image_channels=channels,
-            ndf=cfg.ndf,
-            n_layers=cfg.n_layers,
-            norm=cfg.norm,
-        )
-    gen = build_model(spec.architecture, **spec.arch_kwargs)
-    disc = build_model("patchgan", **disc_kwargs)
-    if cfg.crop_size % gen.size_multiple:
-        raise ValueError(
-            f"the crop size ({cfg.crop_size}) must be a multiple of {gen.size_multiple} "
-            "for the generator being resumed"
-        )
-    if cfg.seed is not None:
-        torch.manual_seed(cfg.seed)
-    _init_weights(gen)
-    _init_weights(disc)
-
-    dev = resolve_device(cfg.device)
-    use_amp = cfg.amp and dev.type == "cuda"
-    gen.to(dev)
-    disc.to(dev)
-    betas = (cfg.beta1, 0.999)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=betas)
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step = 0
-    history: list[dict[str, float]] = []
-    if state_meta:
-        gen.load_state_dict(_sub_state(state_tensors, "gen"))
-        disc.load_state_dict(_sub_state(state_tensors, "disc"))
-        _load_optimizer("opt_g", opt_g, state_tensors, state_meta["opt_g"])
-        _load_optimizer("opt_d", opt_d, state_tensors, state_meta["opt_d"])
-        if "rng.torch" in state_tensors:
-            torch.set_rng_state(state_tensors["rng.torch"])
-        step = int(state_meta["step"])
-        history = list(state_meta.get("history", []))
-
-    sampler = _PairSampler(pairs, channels, norm, cfg)
-    show = _PairSampler(val_pairs, channels, norm, cfg) if val_pairs else sampler
-    n_show = min(4, len(show.images))
-    show_masks, show_reals = [], []
-    for i in range(n_show):
-        x, y = show.crop(i, cfg.crop_size, center=True)
-        show_reals.append(x)
-        show_masks.append(y)
-    show_x = torch.stack(show_reals)
-    show_y = torch.stack(show_masks)
-
-    if samples_dir is None and out_path is not None:
-        samples_dir = default_samples_dir(out_path)
-    samples_dir = Path(samples_dir) if samples_dir is not None else None
-    samples: list[Path] = []
-
-    start_name = "resumed" if state_meta else "scratch"
-    base_prov = {
-        "napari_segen_version": __version__,
-        "method": "pix2pix (Isola et al. 2017)",
-        "train_images": [p.name for p in pairs],
-        "val_images": [p.name for p in val_pairs],
-        "config": asdict(cfg),
-        "discriminator": disc_kwargs,
-        **(provenance or {}),
-    }
-    if state_meta.get("provenance", {}).get("runs"):
-        runs = list(state_meta["provenance"]["runs"])
-    else:
-        runs = []
-
-    def checkpoint() -> SynthEvent | None:
-        if out_path is None:
-            return None
-        spec.provenance = {
-            **base_prov,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "steps": step,
-            "runs": runs + [{"started_from": start_name, "until_step": step}],
-            "final_losses": history[-1] if history else {},
-        }
-        save_model(out_path, gen, spec, overwrite=True)
-        info = {
-            "step": step,
-            "spec": asdict(spec),
-            "disc_kwargs": disc_kwargs,
-            "history": history,
-            "provenance": {"runs": spec.provenance["runs"]},
-        }
-        save_training_state(resume_state_path(out_path), gen, disc, opt_g, opt_d, info)
-        return SynthEvent(
-            "saved", step, cfg.steps, path=str(out_path), message=f"checkpoint at step {step}"
-        )
-
-    def make_sample() -> SynthEvent | None:
-        gen.eval()
-        with torch.no_grad():
-            fake = gen(show_y.to(dev)).float().cpu()
-        gen.train()
-        grid = sample_grid(show_y, show_x, fake, ncls)
-        path = None
-        if samples_dir is not None:
-            path = samples_dir / f"step_{step:06d}.png"
-            _write_png(path, grid)
-            samples.append(path)
-        return SynthEvent("sample", step, cfg.steps, path=str(path) if path else None, image=grid)
-
-    decay_start = cfg.steps * (1 - cfg.decay_fraction)
-
-    def lr_at(s: int) -> float:
-        if s < decay_start or cfg.decay_fraction == 0:
-            return cfg.lr
-        return cfg.lr * max(0.0, 1 - (s - decay_start) / max(cfg.steps - decay_start, 1))
-
-    gen.train()
-    disc.train()
-    running: dict[str, float] = {}
-    n_running = 0
-    stopped_early = False
-    if step == 0 and cfg.sample_every:
-        yield make_sample()
-    while step < cfg.steps:
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-        real, mask = sampler.batch(cfg.batch_size)
-        real, mask = real.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, enabled=use_amp):
-            fake = gen(mask)
-        # Discriminator: real pairs -> 1, generated pairs -> 0.
-        with torch.autocast(dev.type, enabled=use_amp):
-            d_real = disc(mask, real)
-            d_fake = disc(mask, fake.detach())
-            loss_d = 0.5 * (
-                _gan_loss(cfg.gan_loss, d_real, True) + _gan_loss(cfg.gan_loss, d_fake, False)
-            )
-        opt_d.zero_grad(set_to_none=True)
-        scaler_d.scale(loss_d).backward()
-        scaler_d.step(opt_d)
-        scaler_d.update()
-        # Generator: fool the discriminator and stay close to the real image.
-        for p in disc.parameters():
-            p.requires_grad_(False)
-        with torch.autocast(dev.type, enabled=use_amp):
-            loss_gan = _gan_loss(cfg.gan_loss, disc(mask, fake), True)
-            valid = (mask >= 0)[:, None].to(fake.dtype)
-            loss_l1 = (torch.abs(fake.float() - real.float()) * valid).sum() / (
-                valid.sum() * fake.shape[1]
-            ).clamp_min(1)
-            loss_g = loss_gan + cfg.l1_weight * loss_l1
-        opt_g.zero_grad(set_to_none=True)
-        scaler_g.scale(loss_g).backward()
-        scaler_g.step(opt_g)
-        scaler_g.update()
-        for p in disc.parameters():
-            p.requires_grad_(True)
-        step += 1
-        losses = {
-            "d": float(loss_d.detach()),
-            "g_gan": float(loss_gan.detach()),
-            "l1": float(loss_l1.detach()),
-        }
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + v
-        n_running += 1
-        if step % log_every == 0 or step == cfg.steps:
-            history.append({"step": step, **{k: v / n_running for k, v in running.items()}})
-            running, n_running = {}, 0
-        yield SynthEvent("step", step, cfg.steps, losses)
-        out_of_time = cfg.time_limit_s is not None and time.monotonic() - t0 > cfg.time_limit_s
-        if out_of_time:
-            stopped_early = step < cfg.steps
-        last = step == cfg.steps or out_of_time
-        if last or (cfg.sample_every and step % cfg.sample_every == 0):
-            yield make_sample()
-        if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            ev = checkpoint()
-            if ev is not None:
-                yield ev
-        if out_of_time:
-            break
-
-    gen.eval()
-    model = LoadedModel(gen, spec, out_path)
-    quality: dict[str, Any] = {}
-    if cfg.evaluate and val_pairs:
-        from .quality import evaluate_generator
-
-        quality = evaluate_generator(model, val_pairs, device=str(dev))
-        yield SynthEvent(
-            "quality", step, cfg.steps, metrics=quality, message=quality.get("message", "")
-        )
-        if out_path is not None:
-            spec.provenance["held_out_quality"] = json_safe(quality)
-            save_model(out_path, gen, spec, overwrite=True)
-    return SynthResult(
-        out_path, model, step, history, quality, samples, stopped_early, time.monotonic() - t0
-    )
-
-
-def json_safe(obj: Any) -> Any:
-    """Drop what JSON cannot hold (arrays, NaN stays as null)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, int | str | bool) or obj is None:
-        return obj
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    return str(obj)
+    ckpt = load_checkpoint(path)
+    tensors = {f"{m}.{k}": v for m, state in ckpt.modules.items() for k, v in state.items()}
+    for name, sd in ckpt.optimizers.items():
+        for pid, per_param in sd["state"].items():
+            for k, v in per_param.items():
+                if torch.is_tensor(v):
+                    tensors[f"{name}.state.{pid}.{k}"] = v
+    return tensors, dict(ckpt.train_state)

@@ -1,5 +1,10 @@
-"""Segmentation training: losses, the trainer loop, distributed entry (no Qt, no napari)."""
+"""Training: the shared run kernel and checkpoints, the segmentation trainer, distributed entry.
 
+No Qt, no napari. ``evaluate_model`` is re-exported from :mod:`napari_segen.metrics.evaluate`.
+"""
+
+from .checkpoint import CheckpointError
+from .run import TrainingRun
 from .trainer import (
     TrainConfig,
     TrainEvent,
@@ -10,9 +15,11 @@ from .trainer import (
 )
 
 __all__ = [
+    "CheckpointError",
     "TrainConfig",
     "TrainEvent",
     "TrainResult",
+    "TrainingRun",
     "evaluate_model",
     "new_unet_spec",
     "train_segmentation",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..utils.devices import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -64,12 +66,8 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ["LOCAL_RANK"])
-    use_cuda = (device == "auto" and torch.cuda.is_available()) or str(device).startswith("cuda")
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "device 'cuda' was asked for but CUDA is not available; use --device cpu"
-            )
         if local >= torch.cuda.device_count():
             raise RuntimeError(
                 f"local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; "

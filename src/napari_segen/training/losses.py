@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics.segmentation import IGNORE_INDEX
+from ..data.conventions import IGNORE_INDEX
 
 
 def auto_class_weights(frequencies: np.ndarray) -> list[float]:

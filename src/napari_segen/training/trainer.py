@@ -3,6 +3,8 @@
 One loop serves every front end: the napari Train widget runs it in a
 ``thread_worker`` (cancel = stop iterating), the CLI prints its events, and
 ``torchrun`` runs it under DistributedDataParallel (see ``training.distributed``).
+Files, seeds, device, mixed precision, the clock and the finite-loss guard are
+the shared :class:`~napari_segen.training.run.TrainingRun`'s.
 """
 
 from __future__ import annotations
@@ -10,35 +12,35 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .. import __version__
 from ..data.augment import AugmentConfig
+from ..data.conventions import IGNORE_INDEX
 from ..data.datasets import LabeledImage, SegmentationDataset, class_frequencies
-from ..inference.predict import predict
-from ..metrics.segmentation import IGNORE_INDEX, SegmentationScores
-from ..models.model_file import LoadedModel, ModelSpec, save_model
+from ..metrics.evaluate import evaluate_model, fg_dice, scores_to_metrics
+from ..models.model_file import LoadedModel, ModelSpec
 from ..models.registry import build_model
-from ..utils.atomic import check_writable
-from ..utils.devices import resolve_device
-from .checkpoint import (
-    Checkpoint,
-    last_checkpoint_path,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from .distributed import broadcast_flag
+from .checkpoint import Checkpoint
 from .losses import SegmentationLoss, auto_class_weights
+from .run import TrainingRun, base_provenance, one_cycle
+
+__all__ = [
+    "TrainConfig",
+    "TrainEvent",
+    "TrainResult",
+    "evaluate_model",
+    "fg_dice",
+    "new_unet_spec",
+    "scores_to_metrics",
+    "train_segmentation",
+]
 
 
 @dataclass
@@ -50,7 +52,7 @@ class TrainConfig:
         batch_size: crops per optimisation step.
         crop_size: square training crop edge in pixels.
         samples_per_epoch: crops per epoch (default: 8 per training image, at least 4 batches).
-        lr: AdamW learning rate (cosine-annealed to 1% of it).
+        lr: AdamW peak learning rate (one cycle: a short warm-up to it, then cosine-annealed).
         weight_decay: AdamW weight decay.
         dice_weight: weight of the soft Dice term added to cross-entropy.
         class_weights: ``"auto"`` (inverse sqrt frequency), a list, or None.
@@ -92,7 +94,8 @@ class TrainEvent:
     ``kind`` is ``"step"`` (after each optimisation step), ``"epoch"`` (after
     validation and checkpointing, with ``metrics``: loss, seconds and, with
     validation data, the scores) or ``"saved"`` (a new best model was written
-    to ``message``).
+    to ``message``). ``done``/``total`` (= ``step``/``total_steps``) feed a
+    progress bar like any :class:`~napari_segen.utils.generators.Progress`.
     """
 
     kind: str
@@ -102,6 +105,14 @@ class TrainEvent:
     loss: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+
+    @property
+    def done(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
 
 
 @dataclass
@@ -140,27 +151,42 @@ def new_unet_spec(
     )
 
 
-def fg_dice(scores: SegmentationScores) -> float:
-    """Mean Dice over the foreground classes (all classes but 0); the model-selection score."""
-    d = scores.dice[1:] if scores.num_classes > 1 else scores.dice
-    return float(np.nanmean(d)) if np.any(~np.isnan(d)) else float("nan")
+@dataclass
+class _Standing:
+    """Where a run stands after an epoch: what the checkpoint keeps besides the tensors."""
 
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds_before: float = 0.0
+    started_from: str = "scratch"
 
-def evaluate_model(
-    model: LoadedModel, pairs: Sequence[LabeledImage], tile_size: int = 512, device: str = "auto"
-) -> SegmentationScores:
-    """Segment each pair's image whole-image-style (tiled) and score it against its mask."""
-    scores = SegmentationScores(model.spec.num_classes)
-    for p in pairs:
-        pred = predict(model, p.image, rgb=p._is_rgb(), tile_size=tile_size, device=device)
-        scores.update(pred.labels, p.mask)
-    return scores
+    def to_json(self, seconds: float, **more: Any) -> dict[str, Any]:
+        # JSON has no -inf: "no score yet" is stored as null and read back as -inf.
+        best = self.best_score if math.isfinite(self.best_score) else None
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "seconds_before"},
+            "best_score": best,
+            "seconds": seconds,
+            **more,
+        }
 
-
-def scores_to_metrics(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
-    m = scores.as_dict(list(class_names))
-    m["foreground_dice"] = fg_dice(scores)
-    return m
+    @classmethod
+    def from_json(cls, ts: dict[str, Any]) -> _Standing:
+        best = ts.get("best_score")
+        return cls(
+            epoch=int(ts.get("epoch", 0)),
+            step=int(ts.get("step", 0)),
+            best_score=float(best) if best is not None else -math.inf,
+            best_epoch=int(ts.get("best_epoch", 0)),
+            best_metrics=dict(ts.get("best_metrics", {})),
+            history=list(ts.get("history", [])),
+            seconds_before=float(ts.get("seconds", 0.0)),
+            started_from=str(ts.get("started_from", "scratch")),
+        )
 
 
 def train_segmentation(
@@ -180,7 +206,8 @@ def train_segmentation(
     """Train (or fine-tune) a segmentation model, yielding :class:`TrainEvent`s.
 
     Stopping the iteration (``close()``, a GUI cancel) stops training at the
-    next step; the best model and the last checkpoint written so far stay.
+    next step; the best model and the last checkpoint written so far stay. A
+    loss that becomes NaN or infinite stops the run with a ValueError.
 
     Args:
         train_pairs: training images with masks (``IGNORE_INDEX`` = unannotated).
@@ -198,43 +225,102 @@ def train_segmentation(
         save_last: write the resumable last checkpoint after every epoch.
     """
     cfg = config or TrainConfig()
-    t0 = time.monotonic()
-    last_path = None
-    if out_path is not None:
-        out_path = Path(out_path)
-        if out_path.suffix != ".safetensors":
-            raise ValueError(f"the output model must end in .safetensors, got {out_path.name}")
-        last_path = last_checkpoint_path(out_path)
-        if not resume:
-            check_writable(out_path, overwrite)
-            if save_last:
-                check_writable(last_path, overwrite)
-    elif resume:
-        raise ValueError("resuming needs the output model path whose last checkpoint to continue")
-    if not train_pairs:
-        raise ValueError("no training pairs: give at least one image with its mask")
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
-    if cfg.seed is not None:
-        torch.manual_seed(cfg.seed + rank)
-        np.random.seed(cfg.seed + rank)
+    run = TrainingRun(
+        out_path, resume=resume, overwrite=overwrite, save_last=save_last, device=cfg.device,
+        amp=cfg.amp, channels_last=cfg.channels_last, seed=cfg.seed, rank=rank,
+        world_size=world_size, time_limit_s=cfg.time_limit_s,
+    )  # fmt: skip
+    spec, module, st = _start_model(start)
+    _check_inputs(train_pairs, spec, cfg)
+    ckpt = run.checkpoint()
+    if ckpt is not None:
+        _check_resumable(ckpt, spec, run.last)
+        st = _Standing.from_json(ckpt.train_state)
+    module = run.prepare(module)
+    train_module = run.parallel(module)
+    weights = _class_weights(cfg, train_pairs, spec.num_classes)
+    loss_fn = SegmentationLoss(weights, cfg.dice_weight).to(run.device)
+    dataset, sampler, loader = _loader(train_pairs, spec, cfg, run)
+    total_steps = len(loader) * cfg.epochs
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = one_cycle(opt, cfg.lr, total_steps)
+    scaler = run.grad_scaler()
+    parts = dict(
+        modules={"model": module}, optimizers={"optimizer": opt},
+        schedulers={"scheduler": sched}, scalers={"scaler": scaler},
+    )  # fmt: skip
+    fixed = dict(
+        epochs=cfg.epochs, steps_per_epoch=len(loader), total_steps=total_steps,
+        out_path=str(run.out), world_size=world_size, config=_config_dict(cfg),
+    )  # fmt: skip
+    if ckpt is not None:
+        _check_same_schedule(ckpt, total_steps, run.last)
+        ckpt.restore(**parts)
+        if ckpt.epoch >= cfg.epochs:
+            module.eval()
+            return TrainResult(run.out, st.best_metrics, st.history, False, 0.0)
+    first_epoch, loaded, stopped_early = st.epoch + 1, LoadedModel(module, spec, run.out), False
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        train_module.train()
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        running = 0.0
+        for x, y in loader:
+            x, y = run.to_device(x, y)
+            with run.autocast():
+                loss = loss_fn(train_module(x), y)
+            run.optimise(loss, opt, scaler, sched)
+            st.step += 1
+            value = run.check_finite(float(loss.detach()), st.step)
+            running += value
+            yield TrainEvent("step", epoch, st.step, total_steps, value)
+        epoch_loss = running / max(len(loader), 1)
+        record = {"epoch": epoch, "loss": epoch_loss, "seconds": st.seconds_before + run.elapsed}
+        improved = rank == 0 and _score_epoch(st, record, loaded, val_pairs, cfg, run)
+        st.history.append(record)
+        st.epoch = epoch
+        saved = False
+        if improved:
+            spec.provenance = _provenance(cfg, train_pairs, val_pairs, st, provenance)
+            saved = run.save_model(module, spec, st.step) is not None
+        train_state = st.to_json(record["seconds"], **fixed)
+        run.save_checkpoint(st.step, spec=spec, **parts, train_state=train_state)
+        yield TrainEvent("epoch", epoch, st.step, total_steps, epoch_loss, record)
+        if saved:
+            yield TrainEvent(
+                "saved", epoch, st.step, total_steps, epoch_loss, st.best_metrics, str(run.out)
+            )
+        patience = cfg.patience is not None and bool(val_pairs)
+        stop = patience and epoch - st.best_epoch >= cfg.patience
+        if run.agree(rank == 0 and (stop or run.out_of_time(epoch - first_epoch + 1))):
+            stopped_early = epoch < cfg.epochs
+            break
+    module.eval()
+    seconds = st.seconds_before + run.elapsed
+    return TrainResult(run.out, st.best_metrics, st.history, stopped_early, seconds, loaded)
 
+
+def _start_model(start: LoadedModel | ModelSpec) -> tuple[ModelSpec, nn.Module, _Standing]:
+    """A copy of the start model (the caller's stays as it was), or a new one from a spec."""
     if isinstance(start, LoadedModel):
         spec = ModelSpec(**copy.deepcopy(asdict(start.spec)))
-        module = copy.deepcopy(start.module)  # the caller's model stays as it was
-        start_name = str(start.path) if start.path else start.spec.architecture
+        module = copy.deepcopy(start.module)
+        name = str(start.path) if start.path else start.spec.architecture
     else:
         spec = ModelSpec(**copy.deepcopy(asdict(start)))
         module = build_model(spec.architecture, **spec.arch_kwargs)
-        start_name = "scratch"
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        _check_resumable(ckpt, spec, last_path)
-        module.load_state_dict(ckpt.model_state)
-        start_name = ckpt.train_state.get("started_from", start_name)
+        name = "scratch"
+    return spec, module, _Standing(started_from=name)
+
+
+def _check_inputs(pairs: Sequence[LabeledImage], spec: ModelSpec, cfg: TrainConfig) -> None:
+    if not pairs:
+        raise ValueError("no training pairs: give at least one image with its mask")
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
     ncls = spec.num_classes
-    for p in train_pairs:
+    for p in pairs:
         top, low = int(p.mask.max()), int(p.mask.min())
         if top >= ncls:
             raise ValueError(
@@ -246,47 +332,36 @@ def train_segmentation(
                 f"{p.name or 'a training mask'} holds negative values; masks hold class indices "
                 f"(0, 1, ...) and {IGNORE_INDEX} for unannotated pixels"
             )
-    if not any((p.mask >= 0).any() for p in train_pairs):
+    if not any((p.mask >= 0).any() for p in pairs):
         raise ValueError("the training masks hold no annotated pixel; paint some labels first")
 
-    dev = resolve_device(cfg.device)
-    use_amp = cfg.amp and dev.type == "cuda"
-    module = module.to(dev)
-    if cfg.channels_last and dev.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
-    train_module: nn.Module = module
-    if world_size > 1:
-        train_module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
 
-    freqs = class_frequencies(train_pairs, ncls)
+def _class_weights(
+    cfg: TrainConfig, pairs: Sequence[LabeledImage], ncls: int
+) -> list[float] | None:
     if cfg.class_weights == "auto":
-        weights = auto_class_weights(freqs)
-    elif cfg.class_weights is None:
-        weights = None
-    else:
-        weights = list(cfg.class_weights)
-        if len(weights) != ncls:
-            raise ValueError(f"{len(weights)} class weights given for {ncls} classes")
-    loss_fn = SegmentationLoss(weights, cfg.dice_weight).to(dev)
+        return auto_class_weights(class_frequencies(pairs, ncls))
+    if cfg.class_weights is None:
+        return None
+    weights = list(cfg.class_weights)
+    if len(weights) != ncls:
+        raise ValueError(f"{len(weights)} class weights given for {ncls} classes")
+    return weights
 
-    # One epoch = `spe` random crops in all, split between the ranks by a DistributedSampler.
-    spe = cfg.samples_per_epoch or max(8 * len(train_pairs), 4 * cfg.batch_size)
-    spe = max(spe, cfg.batch_size * world_size)
+
+def _loader(
+    pairs: Sequence[LabeledImage], spec: ModelSpec, cfg: TrainConfig, run: TrainingRun
+) -> tuple[SegmentationDataset, DistributedSampler | None, DataLoader]:
+    """One epoch = ``spe`` random crops in all, split between the ranks by a DistributedSampler."""
+    spe = cfg.samples_per_epoch or max(8 * len(pairs), 4 * cfg.batch_size)
+    spe = max(spe, cfg.batch_size * run.world_size)
     dataset = SegmentationDataset(
-        train_pairs,
-        spec.in_channels,
-        spec.normalization,
-        cfg.crop_size,
-        spe,
-        cfg.augment,
-        seed=cfg.seed,
+        pairs, spec.in_channels, spec.normalization, cfg.crop_size, spe, cfg.augment, seed=cfg.seed
     )
     sampler = None
-    if world_size > 1:
+    if run.world_size > 1:
         sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed or 0
+            dataset, num_replicas=run.world_size, rank=run.rank, shuffle=True, seed=cfg.seed or 0
         )
     loader = DataLoader(
         dataset,
@@ -294,149 +369,33 @@ def train_segmentation(
         sampler=sampler,
         drop_last=True,
         num_workers=cfg.num_workers,
-        pin_memory=dev.type == "cuda",
+        pin_memory=run.device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
     )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(total_steps, 1), pct_start=0.1, final_div_factor=100
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    return dataset, sampler, loader
 
-    loaded = LoadedModel(module, spec, out_path)
-    history: list[dict[str, Any]] = []
-    best_score, best_metrics, best_epoch = -math.inf, {}, 0
-    stopped_early = False
-    step = 0
-    saved_once = False
-    first_epoch = 1
-    seconds_before = 0.0
-    if ckpt is not None:
-        ts = ckpt.train_state
-        if int(ts.get("total_steps", total_steps)) != total_steps:
-            raise ValueError(
-                f"the checkpoint {last_path.name} was made for {ts.get('epochs')} epochs of "
-                f"{ts.get('steps_per_epoch')} steps; resume with the same epochs, batch size, "
-                "samples per epoch and training images"
-            )
-        opt.load_state_dict(ckpt.optimizer_state)
-        if ckpt.scheduler_state:
-            sched.load_state_dict(ckpt.scheduler_state)
-        if ckpt.scaler_state and use_amp:
-            scaler.load_state_dict(ckpt.scaler_state)
-        first_epoch = ckpt.epoch + 1
-        step = int(ts.get("step", 0))
-        best_score = float(ts.get("best_score", -math.inf))
-        best_epoch = int(ts.get("best_epoch", 0))
-        best_metrics = dict(ts.get("best_metrics", {}))
-        history = list(ts.get("history", []))
-        seconds_before = float(ts.get("seconds", 0.0))
-        saved_once = out_path is not None and out_path.is_file()
-        restore_rng(ckpt)
-        if ckpt.epoch >= cfg.epochs:
-            module.eval()
-            return TrainResult(out_path, best_metrics, history, False, 0.0)
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        train_module.train()
-        dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        running = 0.0
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if cfg.channels_last and dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, enabled=use_amp):
-                loss = loss_fn(train_module(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            value = float(loss.detach())
-            running += value
-            yield TrainEvent("step", epoch, step, total_steps, value)
-        epoch_loss = running / max(steps_per_epoch, 1)
-        seconds = seconds_before + time.monotonic() - t0
-        record: dict[str, Any] = {"epoch": epoch, "loss": epoch_loss, "seconds": seconds}
-        improved = False
-        saved = False
-        if rank == 0:
-            module.eval()
-            if val_pairs:
-                scores = evaluate_model(loaded, val_pairs, cfg.val_tile_size, str(dev))
-                metrics = scores_to_metrics(scores, spec.class_names)
-                score = _selection_score(metrics)
-                record.update(metrics)
-            else:
-                metrics, score = {}, -epoch_loss
-            improved = score > best_score or best_epoch == 0
-            if improved:
-                best_score, best_metrics, best_epoch = score, metrics, epoch
-        history.append(record)
-        if rank == 0 and out_path is not None:
-            if improved:
-                spec.provenance = _provenance(
-                    cfg,
-                    train_pairs,
-                    val_pairs,
-                    start_name,
-                    epoch,
-                    best_metrics,
-                    provenance,
-                    history,
-                )
-                save_model(out_path, module, spec, overwrite=overwrite or saved_once or resume)
-                saved_once = saved = True
-            if save_last:
-                state = {
-                    "epoch": epoch,
-                    "step": step,
-                    "epochs": cfg.epochs,
-                    "steps_per_epoch": steps_per_epoch,
-                    "total_steps": total_steps,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "best_metrics": best_metrics,
-                    "history": history,
-                    "seconds": seconds,
-                    "started_from": start_name,
-                    "out_path": str(out_path),
-                    "world_size": world_size,
-                    "config": _config_dict(cfg),
-                }
-                save_checkpoint(last_path, module, spec, opt, sched, scaler, state)
-        yield TrainEvent("epoch", epoch, step, total_steps, epoch_loss, record)
-        if saved:
-            yield TrainEvent(
-                "saved", epoch, step, total_steps, epoch_loss, best_metrics, str(out_path)
-            )
-        elapsed = time.monotonic() - t0
-        epochs_done = epoch - first_epoch + 1
-        stop = False
-        if rank == 0:
-            if cfg.patience is not None and val_pairs and epoch - best_epoch >= cfg.patience:
-                stop = True
-            if cfg.time_limit_s is not None and elapsed + elapsed / epochs_done > cfg.time_limit_s:
-                stop = True
-        if world_size > 1:
-            stop = broadcast_flag(stop, dev if dev.type == "cuda" else "cpu")
-        if stop:
-            stopped_early = epoch < cfg.epochs
-            break
-    module.eval()
-    return TrainResult(
-        out_path,
-        best_metrics,
-        history,
-        stopped_early,
-        seconds_before + time.monotonic() - t0,
-        model=loaded,
-    )
+def _score_epoch(
+    st: _Standing,
+    record: dict[str, Any],
+    model: LoadedModel,
+    val_pairs: Sequence[LabeledImage],
+    cfg: TrainConfig,
+    run: TrainingRun,
+) -> bool:
+    """Validate (without validation data the score is -loss); True when this epoch is best."""
+    model.module.eval()
+    metrics: dict[str, Any] = {}
+    score = -record["loss"]
+    if val_pairs:
+        scores = evaluate_model(model, val_pairs, cfg.val_tile_size, str(run.device))
+        metrics = scores_to_metrics(scores, model.spec.class_names)
+        score = _selection_score(metrics)
+    record.update(metrics)
+    improved = score > st.best_score or st.best_epoch == 0
+    if improved:
+        st.best_score, st.best_metrics, st.best_epoch = score, metrics, record["epoch"]
+    return improved
 
 
 def _selection_score(metrics: dict[str, Any]) -> float:
@@ -450,15 +409,26 @@ def _selection_score(metrics: dict[str, Any]) -> float:
 
 def _check_resumable(ckpt: Checkpoint, spec: ModelSpec, path: Path | None) -> None:
     theirs = ckpt.spec
-    if (theirs.architecture, theirs.arch_kwargs, list(theirs.class_names)) != (
+    if theirs is None or (theirs.architecture, theirs.arch_kwargs, list(theirs.class_names)) != (
         spec.architecture,
         spec.arch_kwargs,
         list(spec.class_names),
     ):
+        what = f"a {theirs.architecture} {theirs.arch_kwargs} with classes " if theirs else "no "
+        names = ", ".join(theirs.class_names) if theirs else "model"
         raise ValueError(
-            f"the checkpoint {path} holds a {theirs.architecture} {theirs.arch_kwargs} with "
-            f"classes {', '.join(theirs.class_names)}, not the model this run starts from; "
+            f"the checkpoint {path} holds {what}{names}, not the model this run starts from; "
             "resume with the same model settings (or start from the checkpoint's description)"
+        )
+
+
+def _check_same_schedule(ckpt: Checkpoint, total_steps: int, path: Path | None) -> None:
+    ts = ckpt.train_state
+    if int(ts.get("total_steps", total_steps)) != total_steps:
+        raise ValueError(
+            f"the checkpoint {path.name if path else ''} was made for {ts.get('epochs')} epochs "
+            f"of {ts.get('steps_per_epoch')} steps; resume with the same epochs, batch size, "
+            "samples per epoch and training images"
         )
 
 
@@ -468,19 +438,20 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return conf
 
 
-def _provenance(cfg, train_pairs, val_pairs, start_name, epoch, metrics, extra, history) -> dict:
-    aug = asdict(cfg.augment)
+def _provenance(
+    cfg: TrainConfig,
+    train_pairs: Sequence[LabeledImage],
+    val_pairs: Sequence[LabeledImage],
+    st: _Standing,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     conf = {k: v for k, v in asdict(cfg).items() if k != "augment"}
-    return {
-        "napari_segen_version": __version__,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "started_from": start_name,
-        "train_images": [p.name for p in train_pairs],
-        "val_images": [p.name for p in val_pairs],
-        "best_epoch": epoch,
-        "epochs_run": len(history),
-        "val_metrics": metrics,
-        "config": conf,
-        "augment": aug,
+    facts = {
+        "best_epoch": st.best_epoch,
+        "epochs_run": len(st.history),
+        "val_metrics": st.best_metrics,
+        "augment": asdict(cfg.augment),
         **(extra or {}),
     }
+    names = [p.name for p in train_pairs], [p.name for p in val_pairs]
+    return base_provenance(conf, *names, st.started_from, facts)

@@ -39,3 +39,20 @@ def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = Non
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def relay(
+    gen: Generator[Progress, None, R], offset: int, total: int, message: str = ""
+) -> Generator[Progress, None, R]:
+    """Re-yield ``gen``'s progress as part of a larger task; return ``gen``'s value.
+
+    Each event becomes ``offset + done`` of ``total`` with ``message``: e.g. the
+    tiles of one slice counted among the tiles of a whole stack
+    (``labels = yield from relay(...)``).
+    """
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(offset + event.done, total, message, event.path)

@@ -8,7 +8,6 @@ SSIM and PSNR (paired) and FID / KID (sets), off the GUI thread.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,36 +24,24 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from ..data.layout import spatial_layout
 from ..metrics.features import (
     INCEPTION_FILES,
     ImageFiles,
     find_inception_weights,
     pair_files_by_name,
 )
-from ..metrics.fid import FEATURE_DISTANCE_HELP, FID_HELP, KID_HELP, iter_set_distance
-from ..metrics.image_quality import PSNR_HELP, SSIM_HELP, Progress, iter_paired_quality
+from ..metrics.fid import iter_set_distance
+from ..metrics.image_quality import iter_paired_quality
+from ..metrics.report import format_quality_report, quality_notes, quality_rows
 from ..utils.devices import available_devices
+from ..utils.generators import Progress
 from ._worker import TaskRunner
 
 if TYPE_CHECKING:
     import napari
 
 _FOLDER = "folder..."
-SSIM_SHORT = "paired: structural similarity, 1 = identical (Wang 2004, 11x11 Gaussian window)"
-PSNR_SHORT = "paired: peak signal-to-noise ratio in dB, higher = closer to the real image"
-FID_SHORT = "sets: distance of Inception feature statistics, 0 = same distribution, lower = better"
-KID_SHORT = "sets: unbiased kernel distance on the same features, fairer for small sets"
-FEATURE_SHORT = "not FID: FID's formula on other features; compare only with the same extractor"
-
-
-def _fmt(stats: dict[str, Any] | None, digits: int, unit: str = "") -> str:
-    if not stats or stats.get("mean") is None:
-        return "-"
-    mean, std = stats["mean"], stats.get("std")
-    if math.isinf(mean):
-        return f"inf{unit} (identical images) over {stats['n']}"
-    spread = "" if std is None or math.isnan(std) else f" +/- {std:.{digits}f}"
-    return f"{mean:.{digits}f}{spread}{unit}  (n={stats['n']})"
 
 
 class MetricsReadout(Container):
@@ -62,22 +49,25 @@ class MetricsReadout(Container):
 
     Call :meth:`set_result` with a dict from
     :func:`~napari_segen.metrics.image_quality.paired_quality`,
-    :func:`~napari_segen.metrics.fid.set_distance`, or both merged.
-    Each value's tooltip holds the full explanation.
+    :func:`~napari_segen.metrics.fid.set_distance`, or both merged. The words
+    come from :mod:`napari_segen.metrics.report`, as for the CLI; each value's
+    tooltip holds the full explanation.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result: dict[str, Any] | None = None
-        self.ssim = Label(label="SSIM", value="-", tooltip=SSIM_HELP)
-        self.ssim_help = Label(label="", value=SSIM_SHORT, tooltip=SSIM_HELP)
-        self.psnr = Label(label="PSNR", value="-", tooltip=PSNR_HELP)
-        self.psnr_help = Label(label="", value=PSNR_SHORT, tooltip=PSNR_HELP)
-        self.fid = Label(label="FID", value="-", tooltip=FID_HELP)
-        self.fid_help = Label(label="", value=FID_SHORT, tooltip=FID_HELP)
-        self.kid = Label(label="KID", value="-", tooltip=KID_HELP)
-        self.kid_help = Label(label="", value=KID_SHORT, tooltip=KID_HELP)
+        self.ssim, self.ssim_help = Label(label="SSIM"), Label(label="")
+        self.psnr, self.psnr_help = Label(label="PSNR"), Label(label="")
+        self.fid, self.fid_help = Label(label="FID"), Label(label="")
+        self.kid, self.kid_help = Label(label="KID"), Label(label="")
         self.notes = Label(label="", value="")
+        self._rows = {
+            "ssim": (self.ssim, self.ssim_help),
+            "psnr": (self.psnr, self.psnr_help),
+            "fid": (self.fid, self.fid_help),
+            "kid": (self.kid, self.kid_help),
+        }
         self.extend([
             self.ssim, self.ssim_help, self.psnr, self.psnr_help,
             self.fid, self.fid_help, self.kid, self.kid_help, self.notes,
@@ -85,47 +75,28 @@ class MetricsReadout(Container):
         for w in (self.ssim_help, self.psnr_help, self.fid_help, self.kid_help, self.notes):
             if hasattr(w.native, "setWordWrap"):
                 w.native.setWordWrap(True)
+        self.clear()
+
+    @property
+    def text(self) -> str:
+        """The shown result as plain text (what the CLI prints for it)."""
+        return format_quality_report(self.result) if self.result else ""
 
     def clear(self) -> None:
         """Back to empty values."""
-        self.result = None
-        for w in (self.ssim, self.psnr, self.fid, self.kid):
-            w.value = "-"
-        self.fid.label, self.kid.label = "FID", "KID"
-        self.fid_help.value, self.kid_help.value = FID_SHORT, KID_SHORT
-        self.notes.value = ""
+        self._show(None)
 
     def set_result(self, result: dict[str, Any] | None) -> None:
         """Show a metrics result (missing parts stay "-")."""
-        self.clear()
-        if not result:
-            return
+        self._show(result or None)
+
+    def _show(self, result: dict[str, Any] | None) -> None:
         self.result = result
-        self.ssim.value = _fmt(result.get("ssim"), 4)
-        self.psnr.value = _fmt(result.get("psnr"), 2, " dB")
-        notes: list[str] = []
-        if result.get("fid") is not None:
-            self.fid.value = f"{result['fid']:.3f}"
-            if result.get("kid_mean") is not None:
-                self.kid.value = f"{result['kid_mean']:.5f} +/- {result['kid_std']:.5f}"
-        elif result.get("feature_distance") is not None:
-            self.fid.label, self.kid.label = "Feature distance", "Feature MMD"
-            self.fid.tooltip = self.kid.tooltip = FEATURE_DISTANCE_HELP
-            self.fid.value = f"{result['feature_distance']:.4f}"
-            self.fid_help.value = f"{result.get('feature', 'feature distance')} - {FEATURE_SHORT}"
-            if result.get("feature_kid_mean") is not None:
-                self.kid.value = (
-                    f"{result['feature_kid_mean']:.5f} +/- {result['feature_kid_std']:.5f}"
-                )
-            self.kid_help.value = "kernel MMD (KID's formula) on the same features; not KID"
-        elif "fid" in result:
-            self.fid.value = self.kid.value = "not computed"
-        if result.get("n_real") is not None and "fid" in result:
-            notes.append(f"sets: {result['n_real']} real, {result['n_fake']} synthetic")
-        notes.extend(result.get("warnings") or [])
-        if result.get("message") and result.get("fid") is None:
-            notes.append(str(result["message"]))
-        self.notes.value = "\n".join(notes)
+        for row in quality_rows(result):
+            value, note = self._rows[row.key]
+            value.label, value.value, value.tooltip = row.label, row.value, row.help
+            note.value, note.tooltip = row.note, row.help
+        self.notes.value = "\n".join(quality_notes(result))
 
     # names other widgets may look for
     show_result = set_result
@@ -135,12 +106,8 @@ class _LayerImages(Sequence):
     """The 2D (or RGB) planes of a layer's data, read one at a time."""
 
     def __init__(self, data: Any, rgb: bool) -> None:
-        spatial = 3 if rgb else 2
-        shape = tuple(data.shape)
-        if len(shape) < spatial:
-            raise ValueError(f"a layer of shape {shape} is not an image")
         self.data = data
-        self.lead = shape[:-spatial]
+        self.lead, _ = spatial_layout(tuple(data.shape), rgb)
         self.n = int(np.prod(self.lead)) if self.lead else 1
 
     def __len__(self) -> int:
@@ -167,7 +134,7 @@ def metrics_job(
 ) -> Generator[Progress, None, dict[str, Any]]:
     """SSIM/PSNR over the ``paired`` sequences (if given), then FID/KID of the sets.
 
-    Yields :class:`~napari_segen.metrics.image_quality.Progress`; returns the merged result.
+    Yields :class:`~napari_segen.utils.generators.Progress`; returns the merged result.
     """
     out: dict[str, Any] = {}
     if paired is not None:
@@ -223,14 +190,12 @@ class MetricsWidget(Container):
         ])  # fmt: skip
         if hasattr(self.weights_status.native, "setWordWrap"):
             self.weights_status.native.setWordWrap(True)
-        self.runner = TaskRunner(self.run_button, self.cancel_button, _progress_of)
+        self.runner = TaskRunner(self.run_button, self.cancel_button, self.status)
         self.last_result: dict[str, Any] | None = None
         self.real.changed.connect(self._on_source_changed)
         self.fake.changed.connect(self._on_source_changed)
         self.fid_weights.changed.connect(self._show_weights_status)
         self.run_button.changed.connect(self.run)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
         self._on_source_changed()
         self._show_weights_status()
 
@@ -349,11 +314,3 @@ class MetricsWidget(Container):
     def _finished(self) -> None:
         if self.runner.cancelled:
             self.status.value = "cancelled"
-        elif self.last_result is None:
-            self.status.value = "failed; see the error message"
-
-
-def _progress_of(event: Any) -> tuple[int, int] | None:
-    if isinstance(event, Progress):
-        return event.done, event.total
-    return None

@@ -18,7 +18,8 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
-from ..inference import Progress, iter_predict, spatial_layout
+from ..data.layout import spatial_layout
+from ..inference import iter_predict
 from ..models import ModelFileError, default_model_path, load_model, read_spec
 from ..utils.devices import available_devices
 from ._layers import write_labels_layer
@@ -70,13 +71,11 @@ class SegmentWidget(Container):
                 self.status,
             ]
         )
-        self.runner = TaskRunner(self.run_button, self.cancel_button, _progress_of)
+        self.runner = TaskRunner(self.run_button, self.cancel_button, self.status)
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._show_classes)
         self.run_button.changed.connect(self.run)
         catalog.changed.connect(self._refresh_models)
-        viewer.layers.events.inserted.connect(self._refresh_layers)
-        viewer.layers.events.removed.connect(self._refresh_layers)
         self._show_classes()
 
     # --- choices -------------------------------------------------------------
@@ -91,20 +90,11 @@ class SegmentWidget(Container):
         ]
 
     def _refresh_models(self, *_) -> None:
-        self._if_alive(self.model.reset_choices, catalog.changed, self._refresh_models)
-
-    def _refresh_layers(self, *_) -> None:
-        events = self.viewer.layers.events
-        for emitter in (events.inserted, events.removed):
-            self._if_alive(self.reset_choices, emitter, self._refresh_layers)
-
-    @staticmethod
-    def _if_alive(update, signal, handler) -> None:
-        # After the dock widget is closed its Qt objects are gone: stop listening.
+        # The catalogue outlives this widget: once its Qt side is gone, stop listening.
         try:
-            update()
+            self.model.reset_choices()
         except RuntimeError:
-            signal.disconnect(handler)
+            catalog.changed.disconnect(self._refresh_models)
 
     def _on_model_changed(self, value: str) -> None:
         self.model_file.visible = value == _FILE_CHOICE
@@ -205,7 +195,3 @@ class SegmentWidget(Container):
     def _finished(self) -> None:
         if self.runner.cancelled:
             self.status.value = "cancelled; existing layers were left as they were"
-
-
-def _progress_of(event: Progress) -> tuple[int, int]:
-    return event.done, event.total

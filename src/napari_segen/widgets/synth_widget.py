@@ -36,8 +36,12 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from ..data.sources import DENSE
+from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
+from ..utils.generators import Progress
 from ._worker import TaskRunner
+from .metrics_widget import MetricsReadout
 
 if TYPE_CHECKING:
     import napari
@@ -46,33 +50,29 @@ SAMPLES_LAYER = "pix2pix samples"
 CROP_CHOICES = [32, 64, 128, 256, 512]
 
 
-def _as_array(data: Any) -> np.ndarray:
-    return np.asarray(data)
-
-
 # --- jobs (run in the worker thread; plain functions over the core) -----------------------
 def train_job(
-    pairs: list,
+    sources: list[Source],
     out_path: Path,
     config: Any,
     val_fraction: float,
     resume: bool,
     overwrite: bool,
-    class_names: list[str] | None,
     provenance: dict[str, Any],
 ) -> Generator[Any, None, Any]:
-    """Split, train, and score (on the training pairs when none is held out)."""
-    from ..data.datasets import split_pairs
+    """Assemble the run (split, classes), train, and score (on the training pairs when none
+    is held out)."""
     from ..synthesis.quality import evaluate_generator
     from ..synthesis.trainer import train_pix2pix
+    from ..training.assembly import assemble_pix2pix
 
-    train, val = split_pairs(pairs, val_fraction, seed=config.seed or 0)
+    run = yield from assemble_pix2pix(sources, val_fraction=val_fraction, seed=config.seed or 0)
     result = yield from train_pix2pix(
-        train, out_path, config=config, val_pairs=val, class_names=class_names,
-        resume=resume, overwrite=overwrite, provenance=provenance,
+        run.train, out_path, config=config, val_pairs=run.val, class_names=run.class_names,
+        resume=resume, overwrite=overwrite, provenance={**provenance, **run.provenance},
     )  # fmt: skip
-    if config.evaluate and not val:
-        q = evaluate_generator(result.model, train, device=config.device)
+    if config.evaluate and not run.val:
+        q = evaluate_generator(result.model, run.train, device=config.device)
         q["message"] = (
             q.get("message", "") + " (scored on the training pairs: none was held out; "
             "raise 'Held out' for an honest readout)"
@@ -86,7 +86,7 @@ def generate_job(
 ) -> Generator[Any, None, np.ndarray]:
     from ..synthesis.generate import iter_generate, load_generator
 
-    model = load_generator(path, device=_device(device))
+    model = load_generator(path)
     return (
         yield from iter_generate(model, labels, device=device, stochastic=stochastic, seed=seed)
     )
@@ -98,7 +98,7 @@ def export_job(
 ) -> Generator[Any, None, Any]:  # fmt: skip
     from ..synthesis.generate import iter_export_pairs, load_generator
 
-    model = load_generator(path, device=_device(device))
+    model = load_generator(path)
     return (
         yield from iter_export_pairs(
             model, masks, out_dir, n, device=device, stochastic=stochastic,
@@ -107,29 +107,17 @@ def export_job(
     )  # fmt: skip
 
 
-def quality_job(path: Path, pairs: list, device: str) -> Generator[Any, None, dict[str, Any]]:
-    from ..synthesis.generate import GenerateProgress, load_generator
+def quality_job(
+    path: Path, source: Source, device: str
+) -> Generator[Progress, None, dict[str, Any]]:
+    from ..synthesis.generate import load_generator
     from ..synthesis.quality import evaluate_generator
 
-    model = load_generator(path, device=_device(device))
-    yield GenerateProgress(0, 1, "scoring")
-    q = evaluate_generator(model, pairs, device=device)
-    yield GenerateProgress(1, 1, "scored")
+    model = load_generator(path)
+    yield Progress(0, 1, "scoring")
+    q = evaluate_generator(model, source.read().pairs, device=device)
+    yield Progress(1, 1, "scored")
     return q
-
-
-def _device(device: str) -> str:
-    from ..utils.devices import resolve_device
-
-    return str(resolve_device(device))
-
-
-def _progress_of(event: Any) -> tuple[int, int] | None:
-    if hasattr(event, "step") and hasattr(event, "total_steps"):
-        return event.step, event.total_steps
-    if hasattr(event, "done") and hasattr(event, "total"):
-        return event.done, event.total
-    return None
 
 
 def new_generator_path(folder: Path | None = None) -> Path:
@@ -139,15 +127,6 @@ def new_generator_path(folder: Path | None = None) -> Path:
     while path.exists():
         path, n = folder / f"pix2pix-generator-{n}.safetensors", n + 1
     return path
-
-
-def _make_readout() -> Any:
-    """The metrics widget's readout (explains each figure), or None when it is absent."""
-    try:
-        from .metrics_widget import MetricsReadout
-    except ImportError:
-        return None
-    return MetricsReadout()
 
 
 class SynthesizeWidget(Container):
@@ -201,8 +180,7 @@ class SynthesizeWidget(Container):
         self.score_button = PushButton(text="Score generator on image + labels")
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
-        self.quality_text = Label(value="")
-        self.readout = _make_readout()
+        self.readout = MetricsReadout()
 
         widgets = [
             self.image_layer, self.labels_layer, self.use_folders, self.images_dir,
@@ -210,22 +188,17 @@ class SynthesizeWidget(Container):
             self.max_minutes, self.device, self.out_path, self.resume, self.overwrite,
             self.train_button, self.model_path, self.stochastic, self.generate_button,
             self.n_pairs, self.export_dir, self.export_overwrite, self.export_button,
-            self.score_button, self.cancel_button, self.status, self.quality_text,
+            self.score_button, self.cancel_button, self.status, self.readout,
         ]  # fmt: skip
-        if self.readout is not None:
-            widgets.append(self.readout)
-            self.quality_text.visible = False  # the readout shows the same, explained
         self.extend(widgets)
 
         buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
-        self.runner = TaskRunner(buttons, self.cancel_button, _progress_of)
+        self.runner = TaskRunner(buttons, self.cancel_button, self.status)
         self.train_button.changed.connect(self.train)
         self.generate_button.changed.connect(self.generate)
         self.export_button.changed.connect(self.export)
         self.score_button.changed.connect(self.score)
         self.use_folders.changed.connect(self._on_use_folders)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
 
     # --- choices --------------------------------------------------------------------------
     def _image_choices(self, _=None) -> list:
@@ -252,25 +225,34 @@ class SynthesizeWidget(Container):
         return False
 
     # --- inputs ---------------------------------------------------------------------------
-    def layer_pairs(self) -> list:
-        """Training pairs from the chosen Image and Labels layers (class index per pixel)."""
-        from ..data.sources import DENSE, pairs_from_arrays
-
+    def layer_source(self) -> ArraySource:
+        """The chosen Image and Labels layers as a training source (class index per pixel)."""
         image, labels = self.image_layer.value, self.labels_layer.value
         if image is None or labels is None:
             raise ValueError("choose an Image layer and the Labels layer painted over it")
-        return pairs_from_arrays(
-            image.data, labels.data, DENSE, name=image.name, rgb=bool(image.rgb)
+        names = labels.metadata.get("class_names")
+        return ArraySource(
+            image.data[0] if image.multiscale else image.data,
+            np.array(labels.data[0] if labels.multiscale else labels.data, copy=True),
+            DENSE,
+            name=image.name,
+            rgb=bool(image.rgb),
+            class_names=list(names) if names else None,
+            labels_name=labels.name,
         )
 
-    def folder_pairs(self) -> list:
-        from ..data.datasets import pairs_from_folders
+    def folder_source(self) -> FolderSource:
+        """The chosen image and mask folders as a training source."""
         from ..data.image_io import parse_value_map
 
         images, masks = Path(str(self.images_dir.value)), Path(str(self.masks_dir.value))
         if not images.is_dir() or not masks.is_dir():
             raise ValueError("choose the images folder and the masks folder")
-        return pairs_from_folders(images, masks, value_map=parse_value_map(self.mask_map.value))
+        return FolderSource(images, masks, parse_value_map(self.mask_map.value))
+
+    def source(self) -> Source:
+        """The folders when ticked, else the layers."""
+        return self.folder_source() if self.use_folders.value else self.layer_source()
 
     def build_config(self) -> Any:
         from ..synthesis.trainer import SynthConfig
@@ -296,7 +278,7 @@ class SynthesizeWidget(Container):
         layer = self.labels_layer.value
         if layer is None:
             raise ValueError("choose the Labels layer to generate from")
-        return layer, _as_array(layer.data)
+        return layer, np.asarray(layer.data)
 
     # --- actions --------------------------------------------------------------------------
     def train(self, *_: Any) -> None:
@@ -304,7 +286,7 @@ class SynthesizeWidget(Container):
         if self._busy():
             return
         try:
-            pairs = self.folder_pairs() if self.use_folders.value else self.layer_pairs()
+            source = self.source()
             cfg = self.build_config()
             out = Path(str(self.out_path.value))
             if out.suffix != ".safetensors":
@@ -316,25 +298,20 @@ class SynthesizeWidget(Container):
         except (ValueError, OSError) as err:
             show_error(str(err))
             return
-        names = None
-        lab = self.labels_layer.value
-        if lab is not None and not self.use_folders.value:
-            names = lab.metadata.get("class_names")
-        source = (
-            {"images": str(self.images_dir.value), "masks": str(self.masks_dir.value)}
-            if self.use_folders.value
-            else {"layers": [getattr(self.image_layer.value, "name", ""), getattr(lab, "name", "")]}
-        )
-        self.status.value = f"training on {len(pairs)} pair(s)..."
+        self.status.value = "training pix2pix..."
         self.runner.start(
-            train_job, pairs, out, cfg, float(self.val_split.value), bool(self.resume.value),
-            bool(self.overwrite.value), names, {"source": "napari Synthesize widget", **source},
+            train_job, [source], out, cfg, float(self.val_split.value), bool(self.resume.value),
+            bool(self.overwrite.value), {"source": "napari Synthesize widget"},
             description="Training pix2pix", on_event=self._on_train_event,
             on_done=self._on_trained,
         )  # fmt: skip
 
     def _on_train_event(self, ev: Any) -> None:
-        if ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total_steps):
+        kind = getattr(ev, "kind", "status")  # assembling the run yields plain Progress
+        if kind == "status":
+            if ev.message:
+                self.status.value = ev.message
+        elif ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total_steps):
             self.status.value = (
                 f"step {ev.step}/{ev.total_steps}  L1 {ev.losses['l1']:.3f}  D {ev.losses['d']:.3f}"
             )
@@ -411,7 +388,7 @@ class SynthesizeWidget(Container):
 
     def _export_masks(self) -> list[np.ndarray]:
         if self.use_folders.value:
-            return [p.mask for p in self.folder_pairs()]
+            return [p.mask for p in self.folder_source().read().pairs]
         _, labels = self._labels_array()
         if labels.ndim == 2:
             return [labels]
@@ -434,22 +411,18 @@ class SynthesizeWidget(Container):
             return
         try:
             path = self.generator_path()
-            pairs = self.layer_pairs()
+            source = self.layer_source()
         except ValueError as err:
             show_error(str(err))
             return
         self.status.value = "scoring the generator..."
         self.runner.start(
-            quality_job, path, pairs, str(self.device.value),
+            quality_job, path, source, str(self.device.value),
             description="Scoring generator", on_done=self.show_quality,
         )  # fmt: skip
 
     def show_quality(self, quality: dict[str, Any]) -> None:
-        """Show a quality dict in the readout (and as text)."""
-        from ..synthesis.quality import format_quality
-
+        """Show a quality dict in the readout."""
         self.last_quality = quality
-        self.quality_text.value = format_quality(quality)
-        if self.readout is not None:
-            self.readout.set_result(quality)
+        self.readout.set_result(quality)
         self.status.value = "quality: " + quality.get("message", "")[:200]

@@ -8,6 +8,8 @@ class 0, label 2 = class 1...), press **Train**, and a minute later press
 (:class:`~napari_segen.widgets._worker.TaskRunner`): the viewer stays
 responsive, a napari progress bar and a loss / validation-Dice plot follow
 the run, and Cancel stops it at the next step, keeping the best model so far.
+The run (split, classes, start model) is assembled by
+:mod:`napari_segen.training.assembly`, under the same rules as ``napari-segen train``.
 The GUI-thread side only appends numbers per event; the plot is a QPainter
 widget repainted by a timer at most every 0.4 s (a matplotlib redraw costs
 50-150 ms of GUI time on a busy CPU, which made the viewer stutter).
@@ -15,10 +17,9 @@ widget repainted by a timer at most every 0.4 s (a matplotlib redraw costs
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +40,20 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ..data.augment import AugmentConfig
-from ..data.datasets import pairs_from_folders, split_image_region, split_pairs
-from ..data.sources import DENSE, SPARSE, default_class_names, num_classes_in, pairs_from_arrays
-from ..models import ModelFileError, default_model_path, load_model
-from ..training import TrainConfig, TrainEvent, TrainResult, new_unet_spec, train_segmentation
+from ..data.sources import DENSE, SPARSE
+from ..models import ModelFileError, load_model
+from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
+from ..training.assembly import (
+    DEFAULT_START,
+    ArraySource,
+    FolderSource,
+    NewModel,
+    Source,
+    StartModel,
+    assemble_segmentation,
+)
 from ..utils.devices import available_devices
+from ..utils.generators import Progress
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -59,58 +69,50 @@ _PLOT_INTERVAL_MS = 400
 
 @dataclass
 class TrainJob:
-    """Everything a training run needs, gathered on the GUI thread (cheap), used in the worker."""
+    """Everything a training run needs, gathered on the GUI thread (cheap), used in the worker.
 
-    image: Any
-    labels: np.ndarray
-    rgb: bool
-    name: str
-    mode: str
-    start: str  # "default", "scratch" or a model file path
-    class_names: list[str] | None
-    images_dir: Path | None
-    masks_dir: Path | None
+    The data are described, not read: reading folders and loading the start
+    model happen in the worker, through :mod:`napari_segen.training.assembly`.
+    """
+
+    layers: ArraySource
+    folders: FolderSource | None
+    start: StartModel
     val_split: float
     out_path: Path
     overwrite: bool
     config: TrainConfig
-    scratch_arch: dict[str, int] = field(default_factory=lambda: {"depth": 4, "base_channels": 16})
+
+    @property
+    def name(self) -> str:
+        return self.layers.name
+
+    @property
+    def mode(self) -> str:
+        return self.layers.mode
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.layers.labels
+
+    @property
+    def sources(self) -> list[Source]:
+        return [self.layers] + ([self.folders] if self.folders is not None else [])
 
 
-def run_training_job(job: TrainJob) -> Generator[TrainEvent, None, TrainResult]:
-    """Build the pairs, load the starting model and train (runs in the worker thread)."""
-    yield TrainEvent("status", 0, 0, 0, message="reading annotations")
-    pairs = pairs_from_arrays(job.image, job.labels, job.mode, name=job.name, rgb=job.rgb)
-    if len(pairs) == 1:
-        train, val = split_image_region(pairs[0], job.val_split)
-    else:
-        train, val = split_pairs(pairs, job.val_split, seed=job.config.seed or 0)
-    if job.images_dir is not None and job.masks_dir is not None:
-        yield TrainEvent("status", 0, 0, 0, message="reading image/mask folders")
-        extra = pairs_from_folders(job.images_dir, job.masks_dir, sparse=job.mode == SPARSE)
-        extra_train, extra_val = split_pairs(extra, job.val_split, seed=job.config.seed or 0)
-        train, val = train + extra_train, val + extra_val
-    yield TrainEvent("status", 0, 0, 0, message="loading the starting model")
-    if job.start == "scratch":
-        in_ch = 3 if train[0]._is_rgb() else 1
-        names = job.class_names or default_class_names(num_classes_in(train + val))
-        start: Any = new_unet_spec(in_ch, names, **job.scratch_arch)
-    else:
-        path = Path(str(default_model_path())) if job.start == "default" else Path(job.start)
-        if not path.is_file():
-            raise ModelFileError(
-                f"the starting model {path} is missing; choose another model or train from scratch"
-            )
-        start = load_model(path)
-    provenance = {"source": "napari Train widget", "annotation": job.mode, "image": job.name}
+def run_training_job(job: TrainJob) -> Generator[Progress | TrainEvent, None, TrainResult]:
+    """Assemble the run (data, split, classes, start model) and train (in the worker thread)."""
+    run = yield from assemble_segmentation(
+        job.sources, start=job.start, val_fraction=job.val_split, seed=job.config.seed or 0
+    )
     result = yield from train_segmentation(
-        train,
-        val,
+        run.train,
+        run.val,
         job.out_path,
-        start=start,
+        start=run.start,
         config=job.config,
         overwrite=job.overwrite,
-        provenance=provenance,
+        provenance={"source": "napari Train widget", **run.provenance},
     )
     return result
 
@@ -185,8 +187,8 @@ class TrainWidget(Container):
         self._fix_status_size()
 
         buttons = [self.start_button, self.resegment_button]
-        self.runner = TaskRunner(buttons, self.cancel_button, _progress_of)
-        self.segment_runner = TaskRunner(buttons, self.cancel_button, _predict_progress_of)
+        self.runner = TaskRunner(buttons, self.cancel_button, self.status)
+        self.segment_runner = TaskRunner(buttons, self.cancel_button, self.status)
         self.start_button.changed.connect(self.start)
         self.resegment_button.changed.connect(self.resegment)
         self.use_folders.changed.connect(self._on_use_folders)
@@ -194,9 +196,6 @@ class TrainWidget(Container):
         self.image_layer.changed.connect(self._on_image_changed)
         self.out_path.changed.connect(self._on_out_edited)
         catalog.changed.connect(self._on_catalog_changed)
-        viewer.layers.events.inserted.connect(self._on_layers_changed)
-        viewer.layers.events.removed.connect(self._on_layers_changed)
-        viewer.layers.events.moved.connect(self._on_layers_changed)
         self._on_image_changed(self.image_layer.value)
 
     # --- choices -------------------------------------------------------------
@@ -219,10 +218,6 @@ class TrainWidget(Container):
             self.start_model.reset_choices()
         except RuntimeError:
             catalog.changed.disconnect(self._on_catalog_changed)
-
-    def _on_layers_changed(self, *_: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the widget was closed, the viewer lives on
-            self.reset_choices()
 
     def _on_use_folders(self, value: bool) -> None:
         self.images_dir.visible = self.masks_dir.visible = bool(value)
@@ -252,18 +247,18 @@ class TrainWidget(Container):
         finally:
             self._setting_out = False
 
-    def start_choice(self) -> str:
-        """``"default"``, ``"scratch"`` or the path of the chosen starting model."""
+    def start_choice(self) -> StartModel:
+        """``"default"``, a new U-Net (:class:`NewModel`) or the path of the chosen model."""
         choice = self.start_model.value
         if choice == _SCRATCH_CHOICE:
-            return "scratch"
+            return NewModel("unet", **self.scratch_arch)
         if choice == _FILE_CHOICE:
             path = Path(str(self.start_file.value))
             if not path.is_file():
                 raise ModelFileError("choose the model file (.safetensors) to start from")
             return str(path)
         if choice == DEFAULT_CHOICE:
-            return "default"
+            return DEFAULT_START
         return catalog.path_for(choice)
 
     def _fix_status_size(self) -> None:
@@ -314,14 +309,13 @@ class TrainWidget(Container):
         if out.exists() and not self.overwrite.value:
             raise ValueError(f"{out} already exists; choose another file name or tick 'Overwrite'")
         names = lab_layer.metadata.get("class_names") if mode == DENSE else None
-        images_dir = masks_dir = None
+        folders = None
         if self.use_folders.value:
-            images_dir, masks_dir = (
-                Path(str(self.images_dir.value)),
-                Path(str(self.masks_dir.value)),
-            )
+            images_dir = Path(str(self.images_dir.value))
+            masks_dir = Path(str(self.masks_dir.value))
             if not (images_dir.is_dir() and masks_dir.is_dir()):
                 raise ValueError("choose both the images folder and the masks folder")
+            folders = FolderSource(images_dir, masks_dir, sparse=mode == SPARSE)
         minutes = self.max_minutes.value
         cfg = TrainConfig(
             epochs=self.epochs.value,
@@ -332,21 +326,23 @@ class TrainWidget(Container):
         )
         for key, value in self.config_overrides.items():
             setattr(cfg, key, value)
-        return TrainJob(
-            image=image,
-            labels=np.array(labels, copy=True),  # a snapshot: painting may go on meanwhile
-            rgb=bool(img_layer.rgb),
+        layers = ArraySource(
+            image,
+            np.array(labels, copy=True),  # a snapshot: painting may go on meanwhile
+            mode,
             name=img_layer.name,
-            mode=mode,
-            start=self.start_choice(),
+            rgb=bool(img_layer.rgb),
             class_names=list(names) if names else None,
-            images_dir=images_dir,
-            masks_dir=masks_dir,
+            labels_name=lab_layer.name,
+        )
+        return TrainJob(
+            layers=layers,
+            folders=folders,
+            start=self.start_choice(),
             val_split=self.val_split.value,
             out_path=out,
             overwrite=self.overwrite.value,
             config=cfg,
-            scratch_arch=dict(self.scratch_arch),
         )
 
     def start(self, *_: Any) -> None:
@@ -378,9 +374,10 @@ class TrainWidget(Container):
         self.runner.cancel()
         self.segment_runner.cancel()
 
-    def _on_event(self, ev: TrainEvent) -> None:
+    def _on_event(self, ev: Progress | TrainEvent) -> None:
         # GUI thread: keep this cheap; the plot is redrawn by the timer.
-        if ev.kind == "step":
+        kind = getattr(ev, "kind", "status")  # assembling the run yields plain Progress
+        if kind == "step":
             self.history["step"].append(ev.step)
             self.history["loss"].append(ev.loss)
             self._plot_dirty = True
@@ -390,7 +387,7 @@ class TrainWidget(Container):
                 self.status.value = (
                     f"epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, loss {ev.loss:.3f}"
                 )
-        elif ev.kind == "epoch":
+        elif kind == "epoch":
             m = ev.metrics
             text = f"epoch {ev.epoch}: loss {m.get('loss', float('nan')):.3f}"
             dice = m.get("foreground_dice")
@@ -400,7 +397,7 @@ class TrainWidget(Container):
                 text += f", validation Dice {dice:.3f}"
             self.status.value = text
             self._plot_dirty = True
-        elif ev.kind == "status":
+        elif kind == "status" and ev.message:
             self.status.value = ev.message
 
     def _on_done(self, result: TrainResult) -> None:
@@ -484,17 +481,6 @@ def _predict_job(path: Path, image: Any, rgb: bool, device: str):
     model = load_model(path)
     prediction = yield from iter_predict(model, image, rgb=rgb, device=device)
     return model, prediction
-
-
-def _progress_of(event: Any) -> tuple[int, int] | None:
-    if isinstance(event, TrainEvent) and event.kind == "step":
-        return event.step, event.total_steps
-    return None
-
-
-def _predict_progress_of(event: Any) -> tuple[int, int] | None:
-    done, total = getattr(event, "done", None), getattr(event, "total", None)
-    return (done, total) if done is not None else None
 
 
 class TrainingPlot(QWidget):

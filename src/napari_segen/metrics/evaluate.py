@@ -1,0 +1,56 @@
+"""Scoring a model, or any segmenter, on held-out image/mask pairs (the trainer's validation too).
+
+:func:`score_segmenter` takes any function that turns an image into labels;
+:func:`evaluate_model` binds a model's tiled prediction to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..data.datasets import LabeledImage
+from ..inference.predict import predict
+from ..models.model_file import LoadedModel
+from ..utils.devices import resolve_device
+from .segmentation import SegmentationScores
+
+#: ``segment(image, rgb) -> labels``: class index per pixel of the image's spatial shape.
+Segmenter = Callable[[np.ndarray, bool], np.ndarray]
+
+
+def score_segmenter(
+    segment: Segmenter, pairs: Sequence[LabeledImage], num_classes: int
+) -> SegmentationScores:
+    """Segment each pair's image with ``segment`` and score it against the pair's mask."""
+    scores = SegmentationScores(num_classes)
+    for p in pairs:
+        scores.update(segment(p.image, p._is_rgb()), p.mask)
+    return scores
+
+
+def fg_dice(scores: SegmentationScores) -> float:
+    """Mean Dice over the foreground classes (all classes but 0); the model-selection score."""
+    d = scores.dice[1:] if scores.num_classes > 1 else scores.dice
+    return float(np.nanmean(d)) if np.any(~np.isnan(d)) else float("nan")
+
+
+def scores_to_metrics(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
+    """The scores as a dict (per class, means, accuracy) plus ``foreground_dice``."""
+    m = scores.as_dict(list(class_names))
+    m["foreground_dice"] = fg_dice(scores)
+    return m
+
+
+def evaluate_model(
+    model: LoadedModel, pairs: Sequence[LabeledImage], tile_size: int = 512, device: str = "auto"
+) -> SegmentationScores:
+    """Segment each pair's image with ``model`` (tiled) and score it against its mask."""
+    dev = resolve_device(device)
+
+    def segment(image: np.ndarray, rgb: bool) -> np.ndarray:
+        return predict(model, image, rgb=rgb, tile_size=tile_size, device=dev).labels
+
+    return score_segmenter(segment, pairs, model.spec.num_classes)

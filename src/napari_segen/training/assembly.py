@@ -1,0 +1,473 @@
+"""From data sources to a training run: one set of rules for the widgets and the CLI.
+
+A run is assembled in four steps, the same whoever asks (the Train and
+Synthesize widgets, ``napari-segen train`` and ``napari-segen synth train``):
+
+1. **Sources** are read into pairs: painted layers (:class:`ArraySource`),
+   image/mask folders (:class:`FolderSource`), Pascal VOC (:class:`VocSource`),
+   TIFF stacks (:class:`TiffStackSource`) or pairs already in memory
+   (:class:`PairsSource`). The readers themselves live in :mod:`napari_segen.data`.
+2. **Split** into training and validation pairs (:func:`split_train_val`):
+
+   * validation pairs given to the run (``--val-images``/``--val-masks``)
+     replace all splitting: every source trains;
+   * otherwise each source is split on its own, so each one trains and
+     validates: a source that brings its own validation pairs (VOC's ``val``
+     list) uses them; a source of several images holds out ``val_fraction`` of
+     them (seeded, at least one of each kind); a source of **one** image holds
+     out the bottom ``val_fraction`` of its rows (:func:`split_one_image`),
+     when both parts are at least :data:`MIN_REGION_ROWS` rows and hold
+     annotation - else that image only trains.
+3. **Classes** (:func:`choose_class_names`): when fine-tuning or resuming, the
+   start model's classes (the masks must fit them); for a new model, the names
+   given (``--classes``), else the names the data carries (VOC's 21, a Labels
+   layer's ``class_names``; extended to cover the masks), else
+   :func:`~napari_segen.data.sources.default_class_names` of the highest class
+   in the masks + 1 (at least 2: ``background, foreground``).
+4. **Start model** (:func:`resolve_start`): ``"default"`` (the bundled model),
+   a model file, a loaded model or spec (resume), or :class:`NewModel` (a
+   U-Net or FCN built for the classes of step 3).
+
+No Qt, no napari: the widgets run these generators in a worker thread, the CLI
+drives them with :func:`~napari_segen.utils.generators.drive`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..data.conventions import IGNORE_INDEX
+from ..data.datasets import LabeledImage, pairs_from_folders, split_pairs
+from ..data.sources import (
+    DENSE,
+    VOC_CLASSES,
+    default_class_names,
+    pairs_from_arrays,
+    pairs_from_tiff_stacks,
+    pairs_from_voc,
+)
+from ..models.model_file import LoadedModel, ModelFileError, ModelSpec
+from ..utils.generators import Progress
+
+#: Fewest rows each part of a single image split by region may have (see :func:`split_one_image`).
+MIN_REGION_ROWS = 32
+
+#: Start-model value meaning the bundled default model.
+DEFAULT_START = "default"
+
+
+# --- sources ---------------------------------------------------------------------------------
+@dataclass
+class SourcePairs:
+    """What one source gave: its pairs, its own validation pairs, the class names it knows."""
+
+    name: str
+    pairs: list[LabeledImage]
+    val_pairs: list[LabeledImage] | None = None
+    class_names: list[str] | None = None
+
+
+class Source(Protocol):
+    """Anything that reads into :class:`SourcePairs` and describes itself for provenance."""
+
+    def read(self) -> SourcePairs: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ArraySource:
+    """An image array and the labels painted over it (napari layers' data).
+
+    ``mode`` is ``"dense"`` (class indices) or ``"sparse"`` (0 = not annotated,
+    k = class k-1); stacks give one pair per painted slice. ``class_names``: the
+    names the labels carry (a Labels layer's ``metadata["class_names"]``).
+    """
+
+    image: Any
+    labels: Any
+    mode: str = DENSE
+    name: str = "image"
+    rgb: bool | None = None
+    class_names: Sequence[str] | None = None
+    labels_name: str | None = None
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_arrays(self.image, self.labels, self.mode, name=self.name, rgb=self.rgb)
+        names = list(self.class_names) if self.class_names else None
+        return SourcePairs(self.name, pairs, class_names=names)
+
+    def describe(self) -> dict[str, Any]:
+        return {"layers": [self.name, self.labels_name or f"{self.name} labels"],
+                "annotation": self.mode}  # fmt: skip
+
+
+@dataclass
+class FolderSource:
+    """A folder of images and a folder of masks named like them."""
+
+    images: str | os.PathLike
+    masks: str | os.PathLike
+    value_map: Mapping[int, int] | None = None
+    sparse: bool = False
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_folders(self.images, self.masks, self.value_map, self.sparse)
+        return SourcePairs(Path(self.images).name, pairs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": str(self.images), "masks": str(self.masks)}
+
+
+@dataclass
+class VocSource:
+    """A Pascal VOC folder: the ``split`` list, and ``val_split``'s list as its validation."""
+
+    root: str | os.PathLike
+    split: str = "train"
+    limit: int | None = None
+    val_split: str | None = "val"
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_voc(self.root, self.split, self.limit)
+        val = pairs_from_voc(self.root, self.val_split, self.limit) if self.val_split else []
+        return SourcePairs(f"VOC {self.split}", pairs, val or None, list(VOC_CLASSES))
+
+    def describe(self) -> dict[str, Any]:
+        return {"voc": str(self.root)}
+
+
+@dataclass
+class TiffStackSource:
+    """An image stack TIFF and its label stack TIFF (one pair per annotated slice)."""
+
+    image: str | os.PathLike
+    labels: str | os.PathLike
+    mode: str = DENSE
+    value_map: Mapping[int, int] | None = None
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_tiff_stacks(self.image, self.labels, self.mode, self.value_map)
+        return SourcePairs(Path(self.image).name, pairs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"stack_image": str(self.image), "stack_labels": str(self.labels)}
+
+
+@dataclass
+class PairsSource:
+    """Pairs already in memory (tests, scripts)."""
+
+    pairs: Sequence[LabeledImage]
+    name: str = "pairs"
+    val_pairs: Sequence[LabeledImage] | None = None
+    class_names: Sequence[str] | None = None
+
+    def read(self) -> SourcePairs:
+        return SourcePairs(
+            self.name,
+            list(self.pairs),
+            list(self.val_pairs) if self.val_pairs is not None else None,
+            list(self.class_names) if self.class_names else None,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"pairs": self.name}
+
+
+def read_sources(sources: Sequence[Source]) -> Generator[Progress, None, list[SourcePairs]]:
+    """Read every source, yielding one :class:`Progress` per source; an empty list is an error."""
+    if not sources:
+        raise ValueError("no training data: give at least one image with its labels or masks")
+    out = []
+    for i, source in enumerate(sources):
+        yield Progress(i, len(sources), f"reading {_short(source)}")
+        out.append(source.read())
+    yield Progress(len(sources), len(sources), "data read")
+    return out
+
+
+def _short(source: Source) -> str:
+    desc = source.describe()
+    return ", ".join(
+        f"{k} {Path(str(v)).name if not isinstance(v, list) else '+'.join(map(str, v))}"
+        for k, v in desc.items()
+        if k != "annotation"
+    )
+
+
+# --- split -----------------------------------------------------------------------------------
+def split_one_image(
+    pair: LabeledImage, val_fraction: float, min_rows: int = MIN_REGION_ROWS
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """Hold out the bottom ``val_fraction`` of one image's rows for validation.
+
+    Returns ``([top], [bottom])``, or ``([pair], [])`` when the fraction is 0,
+    either part would be thinner than ``min_rows`` rows, or either part holds
+    no annotated pixel.
+    """
+    h = pair.mask.shape[0]
+    n_val = int(round(h * val_fraction))
+    if val_fraction <= 0 or n_val < min_rows or h - n_val < min_rows:
+        return [pair], []
+    cut = h - n_val
+    top_mask, bottom_mask = pair.mask[:cut], pair.mask[cut:]
+    if not ((top_mask != IGNORE_INDEX).any() and (bottom_mask != IGNORE_INDEX).any()):
+        return [pair], []
+    name = pair.name or "image"
+    train = LabeledImage(pair.image[:cut], top_mask, f"{name} (top {cut} rows)", pair.rgb)
+    val = LabeledImage(pair.image[cut:], bottom_mask, f"{name} (bottom {n_val} rows)", pair.rgb)
+    return [train], [val]
+
+
+def split_source(
+    pairs: Sequence[LabeledImage], val_fraction: float, seed: int = 0
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """One source's split: by region for a single image, else by image (seeded)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {val_fraction}")
+    if len(pairs) == 1:
+        return split_one_image(pairs[0], val_fraction)
+    return split_pairs(pairs, val_fraction, seed=seed)
+
+
+def split_train_val(
+    read: Sequence[SourcePairs],
+    val_fraction: float,
+    seed: int = 0,
+    val_pairs: Sequence[LabeledImage] | None = None,
+) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """Training and validation pairs of the sources, by the rules in the module docstring."""
+    if val_pairs:
+        return [p for s in read for p in s.pairs], list(val_pairs)
+    train: list[LabeledImage] = []
+    val: list[LabeledImage] = []
+    for s in read:
+        if s.val_pairs:
+            tr, va = list(s.pairs), list(s.val_pairs)
+        else:
+            tr, va = split_source(s.pairs, val_fraction, seed)
+        train += tr
+        val += va
+    return train, val
+
+
+# --- classes ---------------------------------------------------------------------------------
+def highest_class(pairs: Sequence[LabeledImage]) -> int:
+    """The highest class index in the masks (0 when nothing but background is annotated)."""
+    return max((int(np.max(p.mask)) for p in pairs if p.mask.size), default=0)
+
+
+def choose_class_names(
+    pairs: Sequence[LabeledImage],
+    *,
+    start: LoadedModel | ModelSpec | None = None,
+    names: Sequence[str] | None = None,
+    hint: Sequence[str] | None = None,
+) -> list[str]:
+    """The class names of a run (see the module docstring); ValueError when the masks do not fit.
+
+    Args:
+        pairs: every pair of the run (training and validation).
+        start: the model fine-tuned or resumed; its classes are the run's.
+        names: names the user gave (for a new model; with ``start`` they must match its classes).
+        hint: names the data carries (VOC, a layer's ``class_names``), used for a new model.
+    """
+    top = highest_class(pairs)
+    if start is not None:
+        spec = start.spec if isinstance(start, LoadedModel) else start
+        own = list(spec.class_names)
+        if names and list(names) != own:
+            raise ValueError(
+                f"the start model has the classes {', '.join(own)}; class names apply to a new "
+                "model only (leave them out, or train from scratch)"
+            )
+        if top >= len(own):
+            raise ValueError(
+                f"the masks hold class {top} but the start model has {len(own)} classes "
+                f"({', '.join(own)}); train a new model or fix the masks"
+            )
+        return own
+    if names:
+        names = [str(n) for n in names]
+        if top >= len(names):
+            raise ValueError(
+                f"the masks hold class {top} but only {len(names)} class names were given "
+                f"({', '.join(names)}); name every class, class 0 first"
+            )
+        return names
+    if hint:
+        hint = [str(n) for n in hint]
+        return hint + [f"class {i}" for i in range(len(hint), top + 1)]
+    return default_class_names(max(top, 1) + 1)
+
+
+# --- start model -----------------------------------------------------------------------------
+@dataclass
+class NewModel:
+    """A model trained from scratch.
+
+    Attributes:
+        architecture: ``"unet"`` or ``"fcn_resnet50"``.
+        depth: U-Net depth.
+        base_channels: U-Net width of the first level.
+        in_channels: image channels (None: 3 when any training image is colour, else 1).
+        pretrained: a local torchvision weights file for ``fcn_resnet50`` (nothing is downloaded).
+    """
+
+    architecture: str = "unet"
+    depth: int = 4
+    base_channels: int = 16
+    in_channels: int | None = None
+    pretrained: str | os.PathLike | None = None
+
+
+StartModel = str | os.PathLike | NewModel | LoadedModel | ModelSpec
+
+
+def load_start(start: StartModel) -> LoadedModel | ModelSpec | NewModel:
+    """Load the start model a run fine-tunes: ``"default"`` or a path gives a loaded model."""
+    if isinstance(start, LoadedModel | ModelSpec | NewModel):
+        return start
+    from ..models import default_model_path, load_model
+
+    path = Path(str(default_model_path())) if str(start) == DEFAULT_START else Path(start)
+    if not path.is_file():
+        raise ModelFileError(
+            f"the start model {path} is missing; choose another model or train from scratch"
+        )
+    return load_model(path)
+
+
+def build_new_model(
+    new: NewModel, pairs: Sequence[LabeledImage], class_names: Sequence[str]
+) -> ModelSpec | LoadedModel:
+    """The spec of a fresh model for ``class_names`` (a loaded model with pretrained weights)."""
+    if new.pretrained is not None and new.architecture != "fcn_resnet50":
+        raise ValueError("pretrained weights apply to a new fcn_resnet50 only")
+    # Colour when any image is: grey images widen to 3 channels losslessly, not the reverse.
+    in_ch = new.in_channels or (3 if any(p._is_rgb() for p in pairs) else 1)
+    kwargs: dict[str, Any] = {"in_channels": in_ch, "num_classes": len(class_names)}
+    if new.architecture == "unet":
+        kwargs.update(depth=new.depth, base_channels=new.base_channels)
+    spec = ModelSpec(
+        architecture=new.architecture,
+        arch_kwargs=kwargs,
+        in_channels=in_ch,
+        class_names=list(class_names),
+    )
+    if new.pretrained is None:
+        return spec
+    from ..models import build_model
+
+    module = build_model(spec.architecture, **spec.arch_kwargs)
+    module.load_pretrained(new.pretrained)
+    return LoadedModel(module, spec)
+
+
+# --- runs ------------------------------------------------------------------------------------
+@dataclass
+class SegmentationRun:
+    """What :func:`~napari_segen.training.train_segmentation` needs, assembled."""
+
+    train: list[LabeledImage]
+    val: list[LabeledImage]
+    start: LoadedModel | ModelSpec
+    class_names: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SynthRun:
+    """What :func:`~napari_segen.synthesis.train_pix2pix` needs, assembled."""
+
+    train: list[LabeledImage]
+    val: list[LabeledImage]
+    class_names: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_and_split(
+    sources: Sequence[Source],
+    val_sources: Sequence[Source],
+    val_fraction: float,
+    seed: int,
+) -> Generator[Progress, None, tuple[list[SourcePairs], list, list, dict[str, Any]]]:
+    read = yield from read_sources(sources)
+    explicit = []
+    for source in val_sources:
+        yield Progress(0, 0, f"reading validation {_short(source)}")
+        explicit += source.read().pairs
+    train, val = split_train_val(read, val_fraction, seed, explicit or None)
+    provenance: dict[str, Any] = {}
+    for source in sources:
+        provenance.update(source.describe())
+    for source in val_sources:
+        provenance.update({f"val_{k}": v for k, v in source.describe().items()})
+    return read, train, val, provenance
+
+
+def _hint(read: Sequence[SourcePairs]) -> list[str] | None:
+    return next((s.class_names for s in read if s.class_names), None)
+
+
+def assemble_segmentation(
+    sources: Sequence[Source],
+    *,
+    start: StartModel,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    val_sources: Sequence[Source] = (),
+    class_names: Sequence[str] | None = None,
+) -> Generator[Progress, None, SegmentationRun]:
+    """Read, split, name the classes and load or build the start model of a segmentation run.
+
+    Yields :class:`~napari_segen.utils.generators.Progress` while reading;
+    raises ValueError (a sentence) for data or models that do not fit.
+
+    Args:
+        sources: where the training pairs come from.
+        start: ``"default"``, a model file, a loaded model / spec (resume) or a :class:`NewModel`.
+        val_fraction: share held out of each source (see :func:`split_train_val`).
+        seed: seed of the split.
+        val_sources: explicit validation data (then no source is split).
+        class_names: names for a new model, class 0 first.
+    """
+    read, train, val, provenance = yield from _read_and_split(
+        sources, val_sources, val_fraction, seed
+    )
+    yield Progress(0, 0, "preparing the start model")
+    loaded = load_start(start)
+    if isinstance(loaded, NewModel):
+        names = choose_class_names(train + val, names=class_names, hint=_hint(read))
+        model = build_new_model(loaded, train + val, names)
+    else:
+        names = choose_class_names(train + val, start=loaded, names=class_names)
+        model = loaded
+    return SegmentationRun(train, val, model, names, provenance)
+
+
+def assemble_pix2pix(
+    sources: Sequence[Source],
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    val_sources: Sequence[Source] = (),
+    class_names: Sequence[str] | None = None,
+) -> Generator[Progress, None, SynthRun]:
+    """Read, split and name the classes of a pix2pix run (same rules as segmentation).
+
+    A pix2pix generator always starts new (or resumes its own file, whose
+    classes the trainer keeps), so the class names follow the masks.
+    """
+    read, train, val, provenance = yield from _read_and_split(
+        sources, val_sources, val_fraction, seed
+    )
+    names = choose_class_names(train + val, names=class_names, hint=_hint(read))
+    return SynthRun(train, val, names, provenance)
