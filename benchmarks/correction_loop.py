@@ -8,10 +8,13 @@ A simulated annotator on ISBI 2012 (CPU):
    augmentation; each slice is cut into 128x128 tiles.
 3. The annotator corrects a budget of K tiles with the ground truth (inside a
    corrected tile every pixel is right; elsewhere nothing is annotated), chosen
-   (a) by the model's uncertainty (mean TTA entropy, most uncertain first),
-   (b) at random, or (c) none: the same fine-tune on the old data only.
+   (a) by the model's uncertainty (mean TTA entropy, most uncertain first, at
+   most ``--per-image`` tiles from one slice), (b) at random, or (c) none: the
+   same fine-tune on the old data only.
 4. Each arm fine-tunes the start model for the same number of steps with the
-   same settings, replaying the 2 original slices, for each of ``--seeds`` seeds.
+   same settings, replaying the 2 original slices (corrected tiles are listed
+   ``--repeat`` times so they get about as many crops as the replay), for each
+   of ``--seeds`` seeds.
 5. Held-out membrane Dice on test slices 20-23 (never seen): mean and spread.
 
 Also printed: how well the start model's uncertainty detects its own wrong
@@ -31,7 +34,6 @@ import numpy as np
 import torch
 
 from napari_segen._sample_data import ISBI_MASK_MAP
-from napari_segen.data.conventions import IGNORE_INDEX
 from napari_segen.data.datasets import LabeledImage
 from napari_segen.data.image_io import read_image, read_mask
 from napari_segen.inference import predict
@@ -64,13 +66,31 @@ def tta_probabilities(model, image: np.ndarray) -> np.ndarray:
     ).probabilities
 
 
-def corrected_pairs(pool: list[LabeledImage], tiles: list[tuple[int, int, int]]):
-    """The pool images with only the chosen ``(image, y, x)`` tiles annotated."""
-    masks = {i: np.full(p.mask.shape, IGNORE_INDEX, np.int64) for i, p in enumerate(pool)}
+def corrected_pairs(pool: list[LabeledImage], tiles: list[tuple[int, int, int]], repeat: int):
+    """Each chosen ``(image, y, x)`` tile as its own fully annotated pair, ``repeat`` times.
+
+    The annotator made every pixel of a corrected tile right; the rest of the
+    image was never looked at, so it is not training data. Repeating the tiles
+    gives the corrections about as many training crops as the replayed data.
+    """
+    out = []
     for i, y, x in tiles:
-        masks[i][y : y + TILE, x : x + TILE] = pool[i].mask[y : y + TILE, x : x + TILE]
-    used = sorted({i for i, _, _ in tiles})
-    return [LabeledImage(pool[i].image, masks[i], f"{pool[i].name} corrected") for i in used]
+        p = pool[i]
+        sl = (slice(y, y + TILE), slice(x, x + TILE))
+        out += [LabeledImage(p.image[sl], p.mask[sl], f"{p.name} tile {y},{x}")] * repeat
+    return out
+
+
+def choose_by_uncertainty(ranked, budget: int, per_image: int) -> list[tuple[int, int, int]]:
+    """The most uncertain tiles, at most ``per_image`` from any one image (spread the budget)."""
+    chosen, count = [], {}
+    for _, i, y, x in ranked:
+        if count.get(i, 0) < per_image:
+            chosen.append((i, y, x))
+            count[i] = count.get(i, 0) + 1
+        if len(chosen) == budget:
+            break
+    return chosen
 
 
 def main() -> None:
@@ -78,7 +98,11 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=8, help="tiles the annotator corrects")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--base-epochs", type=int, default=12)
-    ap.add_argument("--tune-epochs", type=int, default=6)
+    ap.add_argument("--tune-epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=2e-3, help="learning rate of the start model")
+    ap.add_argument("--tune-lr", type=float, default=5e-4, help="learning rate of fine-tuning")
+    ap.add_argument("--per-image", type=int, default=2, help="most tiles chosen from one image")
+    ap.add_argument("--repeat", type=int, default=4, help="times each corrected tile is listed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -89,14 +113,16 @@ def main() -> None:
     test = [pair("test", i) for i in (20, 21, 22, 23)]
     spec = new_unet_spec(1, CLASSES, depth=3, base_channels=16)
 
-    def config(epochs: int, seed: int, n_images: int) -> TrainConfig:
+    def config(epochs: int, seed: int, n_images: int, lr: float) -> TrainConfig:
         return TrainConfig(
             epochs=epochs, batch_size=4, crop_size=TILE, samples_per_epoch=16 * n_images,
-            lr=2e-3, patience=None, device="cpu", seed=seed,
+            lr=lr, patience=None, device="cpu", seed=seed,
         )  # fmt: skip
 
     base = drive(
-        train_segmentation(base_pairs, [], None, start=spec, config=config(args.base_epochs, 0, 4))
+        train_segmentation(
+            base_pairs, [], None, start=spec, config=config(args.base_epochs, 0, 4, args.lr)
+        )
     ).model
     base_dice = membrane_dice(base, test)
     print(f"start model (2 slices, {time.monotonic() - t0:.0f}s): held-out Dice {base_dice:.4f}")
@@ -119,7 +145,7 @@ def main() -> None:
         u = entropy_map(tta_probabilities(base, p.image))
         ranked += [(r.score, i, r.y, r.x) for r in rank_regions(u, TILE)]
     ranked.sort(key=lambda t: -t[0])
-    chosen_unc = [(i, y, x) for _, i, y, x in ranked[: args.budget]]
+    chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
 
     results: dict[str, list[float]] = {"uncertainty": [], "random": [], "none": []}
     for seed in range(args.seeds):
@@ -127,13 +153,13 @@ def main() -> None:
         all_tiles = [(i, y, x) for _, i, y, x in ranked]
         chosen_rnd = [all_tiles[j] for j in rng.choice(len(all_tiles), args.budget, replace=False)]
         arms = {
-            "uncertainty": corrected_pairs(pool, chosen_unc),
-            "random": corrected_pairs(pool, chosen_rnd),
+            "uncertainty": corrected_pairs(pool, chosen_unc, args.repeat),
+            "random": corrected_pairs(pool, chosen_rnd, args.repeat),
             "none": [],
         }
         for arm, extra in arms.items():
             # Same steps in every arm: samples per epoch fixed, not scaled with the data.
-            cfg = config(args.tune_epochs, seed, 4)
+            cfg = config(args.tune_epochs, seed, 4, args.tune_lr)
             run = train_segmentation(base_pairs + extra, [], None, start=base, config=cfg)
             tuned = drive(run).model
             d = membrane_dice(tuned, test)
