@@ -17,7 +17,8 @@ import numpy as np
 from skimage.filters import gaussian, threshold_otsu
 
 from napari_segen._sample_data import ISBI_MASK_MAP
-from napari_segen.data.image_io import list_images, read_image, read_mask
+from napari_segen.data.files import list_images
+from napari_segen.data.image_io import read_image, read_mask
 from napari_segen.inference import predict
 from napari_segen.metrics.segmentation import SegmentationScores
 from napari_segen.models import default_model_path, load_model

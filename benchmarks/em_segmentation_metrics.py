@@ -32,7 +32,8 @@ from skimage.morphology import disk, remove_small_objects
 from skimage.segmentation import watershed
 
 from napari_segen._sample_data import ISBI_MASK_MAP
-from napari_segen.data.image_io import list_images, read_image, read_mask
+from napari_segen.data.files import list_images
+from napari_segen.data.image_io import read_image, read_mask
 from napari_segen.inference import predict
 from napari_segen.inference.instances import find_instances
 from napari_segen.metrics.instance import EMScores

@@ -8,7 +8,7 @@ The "few annotations" scenario, without leaking other annotations:
 3. two U-Nets with the same seed, settings and number of optimisation steps
    are trained: on the 4 real pairs alone, and on the 4 real + N synthetic pairs;
 4. both are scored on the 4 held-out ISBI test images
-   (``training.trainer.evaluate_model``): membrane Dice, mean IoU.
+   (``metrics.evaluate.evaluate_model``): membrane Dice, mean IoU.
 
 Each arm is repeated for ``--seeds`` seeds; the script prints both Dice figures
 and their difference, whichever way it comes out.
@@ -33,29 +33,29 @@ VALUE_MAP = {0: 1, 255: 0}  # ISBI masks: membrane = 0 (black) -> class 1
 CLASSES = ["cell interior", "membrane"]
 
 
-def run_to_end(gen, every: int = 0, label: str = ""):
+def log_steps(every: int, label: str):
+    """An ``on_event`` for ``drive``: a line on stderr every ``every`` training steps."""
     t0 = time.monotonic()
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        step = getattr(ev, "step", None)
-        if every and ev.kind == "step" and step % every == 0:
+
+    def on_event(ev) -> None:
+        if ev.kind == "step" and ev.step % every == 0:
             loss = ev.losses["l1"] if hasattr(ev, "losses") else ev.loss
             print(
-                f"{label} step {step}/{ev.total_steps} loss {loss:.3f} "
+                f"{label} step {ev.step}/{ev.total_steps} loss {loss:.3f} "
                 f"{time.monotonic() - t0:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
 
+    return on_event
+
 
 def train_unet(pairs, test, seed: int, steps: int, crop: int, batch: int, device: str, path):
     """A fresh U-Net trained for ``steps`` steps, saved to ``path``; its held-out scores."""
+    from napari_segen.metrics.evaluate import evaluate_model, scores_to_metrics
     from napari_segen.models import load_model
-    from napari_segen.training import TrainConfig, evaluate_model, new_unet_spec, train_segmentation
-    from napari_segen.training.trainer import scores_to_metrics
+    from napari_segen.training import TrainConfig, new_unet_spec, train_segmentation
+    from napari_segen.utils.generators import drive
 
     spec = new_unet_spec(1, CLASSES, depth=4, base_channels=16)
     epochs = 10
@@ -65,7 +65,7 @@ def train_unet(pairs, test, seed: int, steps: int, crop: int, batch: int, device
     )  # fmt: skip
     # No validation pairs: the last epoch's model is written to ``path``.
     gen = train_segmentation(pairs, [], path, start=spec, config=cfg, overwrite=True)
-    run_to_end(gen, 50, "  unet")
+    drive(gen, log_steps(50, "  unet"))
     model = load_model(path)
     scores = evaluate_model(model, test, tile_size=512, device=device)
     m = scores_to_metrics(scores, CLASSES)
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
         load_generator,
         train_pix2pix,
     )
+    from napari_segen.utils.generators import drive
 
     train_all = pairs_from_folders(ISBI / "train/images", ISBI / "train/masks", value_map=VALUE_MAP)
     real = train_all[:4]
@@ -122,9 +123,9 @@ def main(argv=None) -> int:
             evaluate=False,
         )  # fmt: skip
         print(f"training pix2pix on {[p.name for p in real]}", file=sys.stderr)
-        res = run_to_end(
+        res = drive(
             train_pix2pix(real, out / "pix2pix-4pairs.safetensors", config=cfg,
-                          class_names=CLASSES, overwrite=True), 100, "pix2pix",
+                          class_names=CLASSES, overwrite=True), log_steps(100, "pix2pix"),
         )  # fmt: skip
         model = res.model
         gan_info = {

@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     from napari_segen.synthesis.generate import generate_tensor, to_unit
     from napari_segen.synthesis.quality import real_to_unit
     from napari_segen.synthesis.trainer import SynthConfig, _init_weights, train_pix2pix
+    from napari_segen.utils.generators import drive
 
     train = pairs_from_folders(ISBI / "train/images", ISBI / "train/masks", value_map=VALUE_MAP)
     test = pairs_from_folders(ISBI / "test/images", ISBI / "test/masks", value_map=VALUE_MAP)
@@ -145,12 +146,8 @@ def main(argv=None) -> int:
         train, gen_path, config=cfg, class_names=["cell interior", "membrane"], overwrite=True,
         provenance={"benchmark": "benchmarks/synth_quality.py"},
     )  # fmt: skip
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def log_steps(ev) -> None:
         if ev.kind == "step" and ev.step % 100 == 0:
             el = time.monotonic() - t0
             print(
@@ -159,6 +156,8 @@ def main(argv=None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+
+    result = drive(gen, log_steps)
     train_s = time.monotonic() - t0
     model = result.model
     dev = args.device

@@ -141,3 +141,31 @@ def test_channels_follow_the_one_layout_rule():
     with pytest.raises(ValueError, match="2D grayscale or"):
         to_channels_first(rgba, 3, rgb=False)  # told it is not colour: a stack, not one image
     assert to_channels_first(np.zeros((5, 6)), 3, rgb=True).shape == (3, 5, 6)
+
+
+def test_headers_are_read_before_pixels(tmp_path):
+    from napari_segen.data.image_io import image_info
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:50])  # the header survives, the pixels do not
+    info = image_info(path)
+    assert info.shape == (40, 30) and info.pixels == 1200 and not info.is_stack
+    with pytest.raises(ImageReadError, match="cannot read"):
+        read_image(path)
+
+
+def test_channel_layouts(tmp_path):
+    Image.fromarray(np.zeros((6, 5, 2), np.uint8)).save(tmp_path / "la.png")  # gray + alpha
+    assert read_image(tmp_path / "la.png").shape == (6, 5)
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((40, 50, 2), np.uint8))
+    with pytest.raises(ImageReadError, match="2 channels per pixel"):
+        read_image(tmp_path / "two.tif")
+    # ImageJ says which axis is which: 40 slices of 50 x 2 pixels is what it holds
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((40, 50, 2), np.uint8), imagej=True)
+    assert read_image(tmp_path / "ij.tif").shape == (40, 50, 2)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 9, 3), np.uint8), photometric="rgb")
+    assert read_image(tmp_path / "rgb.tif").shape == (8, 9, 3)
+    with pytest.raises(ImageReadError, match="colour image, not a mask"):
+        read_mask(tmp_path / "rgb.tif")

@@ -192,3 +192,109 @@ viewer.close()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "alive: Boom failed: boom" in res.stdout
+
+
+# --- uncertainty, regions to correct, objects ---------------------------------------------------
+def test_uncertainty_layer_and_the_prediction_kept_for_training(qtbot, widget, blobs_image):
+    from napari_segen.widgets._layers import PREDICTED_KEY, PREDICTION_KEY
+
+    viewer, w = widget
+    w.image.value = viewer.add_image(blobs_image[0], name="cells", scale=(0.5, 0.5))
+    w.tta.value = True
+    w.uncertainty.value = True
+    _run_and_wait(qtbot, w)
+    u = viewer.layers["cells uncertainty"]
+    assert u.data.shape == blobs_image[0].shape and u.data.dtype == np.float32
+    assert u.data.min() >= 0 and u.data.max() <= 1 and u.data.max() > 0
+    assert u.colormap.name == "magma" and tuple(u.contrast_limits) == (0, 1)
+    assert 0.5 <= u.opacity <= 0.7 and tuple(u.scale) == (0.5, 0.5)
+    labels = viewer.layers["cells labels"]
+    np.testing.assert_array_equal(labels.metadata[PREDICTION_KEY], labels.data)
+    assert labels.metadata[PREDICTED_KEY].shape == () and labels.metadata[PREDICTED_KEY]
+    labels.data_setitem((np.array([0]), np.array([0])), 1 - labels.data[0, 0])  # a correction
+    assert (labels.metadata[PREDICTION_KEY] != labels.data).sum() == 1  # a copy, not the layer
+    _run_and_wait(qtbot, w)  # a second run updates the layer, no copy piles up
+    assert len([n for n in viewer.layers if n.name.endswith("uncertainty")]) == 1
+
+
+def _tile_of(viewer, image_layer, size):
+    """The (y, x) corner of the ``size`` tile under the camera centre (data coordinates)."""
+    from napari_segen.widgets._layers import viewer_camera
+
+    point = list(viewer.dims.point)
+    for d, c in zip(viewer.dims.displayed, viewer_camera(viewer).center[-2:], strict=True):
+        point[d] = c
+    y, x = image_layer.world_to_data(point)[-2:]
+    return int(y // size) * size, int(x // size) * size
+
+
+def test_next_region_goes_to_the_most_uncertain_tiles_in_turn(qtbot, widget):
+    from napari_segen.inference.uncertainty import rank_regions
+
+    viewer, w = widget
+    img = np.random.default_rng(2).integers(0, 255, (192, 256), np.uint8)
+    layer = viewer.add_image(img, name="em", scale=(2.0, 2.0), translate=(10, -4))
+    w.image.value = layer
+    w.region_size = 64
+    assert w.next_region() is None  # nothing segmented yet: it segments first
+    assert "segmenting first" in w.status.value
+    qtbot.waitUntil(lambda: "region 1 of 12" in w.status.value, timeout=60_000)
+    ranked = rank_regions(w.last.uncertainty, 64)
+    first = ranked[0]
+    assert _tile_of(viewer, layer, 64) == (first.y, first.x)
+    assert f"mean uncertainty {first.score:.2f}" in w.status.value
+    shapes = viewer.layers["em regions to correct"]
+    assert len(shapes.data) == 1 and shapes.shape_type == ["rectangle"]
+    np.testing.assert_allclose(shapes.data[0], first.corners())
+    assert tuple(shapes.scale) == (2.0, 2.0)
+    assert (shapes.face_color[:, 3] == 0).all() and shapes.edge_color[0, 3] == 1
+    # the tile fills most of the canvas
+    from napari_segen.widgets._layers import canvas_size, viewer_camera
+
+    assert 64 * 2.0 * viewer_camera(viewer).zoom >= 0.5 * min(canvas_size(viewer))
+    assert viewer.layers.selection.active.name == "em labels"  # ready to paint
+
+    second = w.next_region()
+    assert (second.y, second.x) == (ranked[1].y, ranked[1].x) != (first.y, first.x)
+    assert _tile_of(viewer, layer, 64) == (second.y, second.x)
+    assert len(shapes.data) == 2 and "region 2 of 12" in w.status.value
+    for _ in range(10):
+        w.next_region()
+    assert "region 12 of 12" in w.status.value
+    w.next_region()  # all visited: back to the most uncertain one
+    assert _tile_of(viewer, layer, 64) == (first.y, first.x)
+
+
+def test_next_region_on_the_displayed_slice_of_a_stack(qtbot, widget):
+    viewer, w = widget
+    stack = np.random.default_rng(3).integers(0, 255, (3, 96, 96), np.uint8)
+    layer = viewer.add_image(stack, name="stack")
+    w.image.value = layer
+    w.region_size = 48
+    viewer.dims.set_current_step(0, 1)
+    w.next_region()  # segments slice 1 only, then shows its most uncertain region
+    qtbot.waitUntil(lambda: "region 1 of 4" in w.status.value, timeout=60_000)
+    labels = viewer.layers["stack labels"]
+    assert labels.data[1].any() and not labels.data[[0, 2]].any()
+    rect = viewer.layers["stack regions to correct"].data[0]
+    assert rect.shape == (4, 3) and (rect[:, 0] == 1).all()  # drawn on slice 1 only
+    viewer.dims.set_current_step(0, 2)  # another slice: segmented first as well
+    w.next_region()
+    qtbot.waitUntil(lambda: "region 1 of 4" in w.status.value, timeout=60_000)
+    assert labels.data[2].any()
+
+
+def test_objects_layer_has_features_and_a_count(qtbot, widget, blobs_image):
+    viewer, w = widget
+    w.image.value = viewer.add_image(blobs_image[0], name="cells")
+    w.objects.value = True
+    _run_and_wait(qtbot, w)
+    objects = viewer.layers["cells objects"]
+    n = int(objects.data.max())
+    assert objects.data.shape == blobs_image[0].shape and n > 0
+    f = objects.features
+    for column in ("label", "area", "centroid_y", "centroid_x"):
+        assert column in f.columns and len(f[column]) == n
+    assert f["area"].sum() == (objects.data > 0).sum()
+    assert f"{n} objects" in w.status.value
+    assert not any(lyr.name.startswith("cells P(") for lyr in viewer.layers)  # not asked for

@@ -65,7 +65,7 @@ def test_rgb_stack_and_multichannel_detection():
     lab = np.zeros((3, 20, 22), np.uint8)
     lab[:, :5] = 1
     pairs = pairs_from_arrays(img, lab, "dense", rgb=True)
-    assert len(pairs) == 3 and pairs[0].image.shape == (20, 22, 3) and pairs[0]._is_rgb()
+    assert len(pairs) == 3 and pairs[0].image.shape == (20, 22, 3) and pairs[0].is_rgb
 
 
 def test_array_errors_are_sentences():
@@ -115,7 +115,7 @@ def test_voc_palette_masks_and_splits(voc_dir):
     m = train[1].mask
     assert m[10, 10] == VOC_CLASSES.index("person") and m[22, 20] == VOC_CLASSES.index("cat")
     assert (m[4] == IGNORE_INDEX).all()  # 255 -> ignore, not class 1
-    assert train[0].image.shape == (30, 40, 3) and train[0]._is_rgb()
+    assert train[0].image.shape == (30, 40, 3) and train[0].is_rgb
     assert len(VOC_CLASSES) == 21 and VOC_CLASSES[0] == "background"
     with pytest.raises(ImageReadError, match="not a Pascal VOC folder"):
         voc_root(voc_dir / "VOCdevkit" / "VOC2012" / "JPEGImages")
@@ -141,7 +141,7 @@ def test_tiff_stacks_multiclass_and_rgb(tmp_path):
     tifffile.imwrite(tmp_path / "rgb.tif", rgb)
     tifffile.imwrite(tmp_path / "rgb_lab.tif", np.ones((2, 16, 16), np.uint8))
     pairs = pairs_from_tiff_stacks(tmp_path / "rgb.tif", tmp_path / "rgb_lab.tif")
-    assert len(pairs) == 2 and pairs[0]._is_rgb()
+    assert len(pairs) == 2 and pairs[0].is_rgb
     with pytest.raises(ImageReadError, match="do not match"):
         pairs_from_tiff_stacks(tmp_path / "img.tif", tmp_path / "rgb_lab.tif")
 

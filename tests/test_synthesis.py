@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from napari_segen.data.datasets import LabeledImage, pairs_from_folders
 from napari_segen.models import load_model, read_spec
@@ -20,10 +21,9 @@ from napari_segen.synthesis import (
     iter_random_masks,
     load_generator,
     random_mask_transform,
-    resume_state_path,
     train_pix2pix,
 )
-from napari_segen.synthesis.trainer import read_training_state
+from napari_segen.training.checkpoint import last_checkpoint_path, load_checkpoint
 from napari_segen.utils.atomic import OverwriteError
 from napari_segen.utils.generators import drive
 
@@ -111,10 +111,13 @@ def test_model_file_round_trip(trained):
     assert a.dtype == np.uint8 and a.shape == pairs[2].mask.shape
     np.testing.assert_array_equal(a, b)
     # the resume file holds tensors and JSON only
-    tensors, meta = read_training_state(resume_state_path(out))
+    ckpt = load_checkpoint(last_checkpoint_path(out))
+    meta = ckpt.train_state
     assert meta["step"] == 40
-    assert any(k.startswith("disc.") for k in tensors)
-    assert any(k.startswith("opt_d.state.") for k in tensors)
+    with safe_open(str(ckpt.path), "pt") as f:
+        tensors = list(f.keys())
+    assert any(k.startswith("module/disc/") for k in tensors)
+    assert any(k.startswith("optim/opt_d/") for k in tensors)
     json.dumps(meta)
 
 
@@ -295,6 +298,7 @@ def test_export_pairs_read_by_segmentation_loader(trained, tmp_path):
 
 
 def test_quality_readout(trained):
+    from napari_segen.metrics.report import format_quality_report
     from napari_segen.synthesis.quality import evaluate_generator
 
     _, pairs, _, result = trained
@@ -302,3 +306,6 @@ def test_quality_readout(trained):
     assert q["ssim"]["n"] == 3 and -1 <= q["ssim"]["mean"] <= 1
     assert np.isfinite(q["psnr"]["mean"])
     assert "SSIM" in q["message"]
+    # the one renderer of quality results (CLI, widgets) reads it
+    text = format_quality_report(q)
+    assert text.splitlines()[0].startswith("SSIM") and "(n=3)" in text and "FID" not in text

@@ -73,14 +73,36 @@ def test_picks_the_matching_labels_layer(widget):
     assert widget.labels_layer.value.data.any()
 
 
-def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, tmp_path):
+def test_train_reports_progress_stays_responsive_and_resegments(
+    widget, qtbot, tmp_path, monkeypatch
+):
+    import threading
+
+    import napari_segen.widgets.train_widget as tw
     from napari_segen.widgets._model_catalog import catalog
 
     widget.epochs.value = 3
+    # Live preview after every step: made in the worker thread, shown in "em preview".
+    widget.preview_every, widget.preview_interval_s = 1, 0.0
+    made_in: list[threading.Thread] = []
+    predict_preview = tw.predict_preview
+
+    def recorded(*args, **kwargs):
+        made_in.append(threading.current_thread())
+        return predict_preview(*args, **kwargs)
+
+    monkeypatch.setattr(tw, "predict_preview", recorded)
     meter = StallMeter()
-    meter.start()
+    clicked = time.perf_counter()
     widget.start()
+    # The click itself adds "em preview" (napari needs ~0.1 s to add a layer on an idle CPU,
+    # 0.15-0.3 s on a busy one); from then on the GUI thread only swaps the layer's data.
+    start_s = time.perf_counter() - clicked
+    meter.start()
     assert not widget.start_button.enabled and widget.cancel_button.enabled
+    preview = widget.viewer.layers["em preview"]  # made at start, updated while training
+    shown: list[int] = []
+    preview.events.data.connect(lambda e: shown.append(e.value is not None))
     # The activity dock's progress bar follows the steps: it listens to `value` events.
     pbar = widget.runner.pbar
     steps: list[int] = []  # bar values while it counts the 3 x 4 training steps
@@ -91,11 +113,14 @@ def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, t
         lambda: not widget.runner.running and widget.start_button.enabled, timeout=180_000
     )
     longest = meter.stop()
+    assert len(shown) >= 2 and made_in and threading.main_thread() not in made_in
+    assert preview.data.shape == (128, 128) and preview.data.max() <= 1
     print(
         f"\nlongest GUI-thread stall during training: {longest * 1000:.0f} ms "
-        f"over {len(meter.gaps)} ticks"
+        f"over {len(meter.gaps)} ticks, {len(shown)} previews; "
+        f"the Train click {start_s * 1000:.0f} ms"
     )
-    assert longest < 0.2
+    assert longest < 0.2 and start_s < 1.0
 
     assert steps[-1] == 12 and steps == sorted(steps)
     out = tmp_path / "retrained.safetensors"
@@ -115,7 +140,7 @@ def test_train_reports_progress_stays_responsive_and_resegments(widget, qtbot, t
     widget.resegment()
     qtbot.waitUntil(lambda: "re-segmented" in widget.status.value, timeout=60_000)
     assert labels.data.max() <= 1  # updated in place, no new layer
-    assert len(widget.viewer.layers) == 2
+    assert len(widget.viewer.layers) == 2  # the preview made way for the segmentation
 
 
 def test_cancel_keeps_best_model_so_far(widget, qtbot, tmp_path):
@@ -170,3 +195,79 @@ def test_a_failed_run_is_reported_once_and_resegment_stays_off(widget, qtbot, mo
     assert widget.start_button.enabled and not widget.cancel_button.enabled
     assert not widget.resegment_button.enabled and widget.last_model_path is None
     assert widget.runner.pbar is None  # the activity bar is closed
+
+
+def test_corrections_weigh_more_replay_and_fine_tune_defaults(widget, qtbot, tmp_path):
+    """Labels segmented by a model (its prediction kept in the metadata): the pixels the user
+    changed get the correction weight; folders can be replay; fine-tuning has a time limit."""
+    from napari_segen.widgets._layers import remember_prediction
+    from napari_segen.widgets.train_widget import _SCRATCH_CHOICE, CorrectionSource
+
+    labels = widget.viewer.layers["em labels"]
+    remember_prediction(labels, labels.data.copy())  # as the Segment widget does
+    diag = (np.arange(10), np.arange(10))
+    labels.data_setitem(diag, 1 - labels.data[diag])  # the user's corrections
+    widget.changed_weight.value = 4.0
+    job = widget.build_job()
+    assert isinstance(job.layers, CorrectionSource) and job.masks_are == "classes"
+    (pair,) = job.layers.read().pairs
+    changed = pair.mask != labels.metadata["napari_segen_prediction"]
+    assert changed.sum() == 10 and (pair.weight[changed] == 4).all()
+    assert (pair.weight[~changed] == 1).all()
+    widget.untouched.value = "ignore"
+    (pair,) = widget.build_job().layers.read().pairs
+    assert (pair.mask >= 0).sum() == 10
+    widget.weight_corrections.value = False
+    assert not isinstance(widget.build_job().layers, CorrectionSource)
+
+    # fine-tuning: 1 minute and 128-pixel crops by default; from scratch: no time limit
+    assert widget.max_minutes.value == 1.0
+    widget.config_overrides.pop("crop_size")
+    assert widget.build_job().config.crop_size == 128
+    widget.start_model.value = _SCRATCH_CHOICE
+    assert widget.max_minutes.value == 0.0 and widget.build_job().config.crop_size == 256
+    widget.max_minutes.value = 3.0  # the user's choice stays
+    widget.start_model.value = widget.start_model.choices[0]
+    assert widget.max_minutes.value == 3.0
+
+    (tmp_path / "old").mkdir()
+    widget.use_folders.value = True
+    widget.images_dir.value = widget.masks_dir.value = tmp_path / "old"
+    assert widget.build_job().folders is not None
+    widget.replay.value = True
+    job = widget.build_job()
+    assert job.folders is None and job.replay is not None and job.sources == [job.layers]
+
+
+def test_fine_tune_on_corrections_reports_them(widget, qtbot):
+    from napari_segen.widgets._layers import remember_prediction
+
+    labels = widget.viewer.layers["em labels"]
+    remember_prediction(labels, labels.data.copy())
+    diag = (np.arange(40), np.arange(40))
+    labels.data_setitem(diag, 1 - labels.data[diag])  # the user's corrections
+    widget.epochs.value = 1
+    widget.live_preview.value = False
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.start_button.enabled, timeout=1e5)
+    assert widget.runner.error is None and widget.last_model_path is not None
+    assert "0.2% of the pixels differ from the model's segmentation" in widget.status.value
+    assert "em preview" not in widget.viewer.layers
+
+
+def test_live_preview_region_follows_the_view(widget):
+    """A large image: the preview covers the part in view (at most 512 px a side)."""
+    from napari_segen.widgets._layers import canvas_size, viewer_camera
+
+    big = widget.viewer.add_image(np.zeros((1500, 1200), np.uint8), name="big", scale=(2, 2))
+    widget._preview_source = big
+    camera = viewer_camera(widget.viewer)
+    camera.center = (1000.0, 800.0)  # world: data pixel (500, 400)
+    camera.zoom = 4.0  # 4 screen px per world unit: a canvas of H x W px shows H/8 x W/8 px
+    index, y0, y1, x0, x1 = widget._visible_box()
+    ch, cw = canvas_size(widget.viewer)
+    assert index == () and abs((y0 + y1) / 2 - 500) <= 1 and abs((x0 + x1) / 2 - 400) <= 1
+    assert abs((y1 - y0) - min(ch / 8, 512)) <= 2 and abs((x1 - x0) - min(cw / 8, 512)) <= 2
+    camera.zoom = 0.1  # zoomed out: the middle 512 x 512 of the view, inside the image
+    index, y0, y1, x0, x1 = widget._visible_box()
+    assert (y1 - y0, x1 - x0) == (512, 512) and min(y0, x0) >= 0

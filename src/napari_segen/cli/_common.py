@@ -106,6 +106,20 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="masks/labels are sparse strokes: 0 = not annotated (ignored), label k = class k-1",
     )  # fmt: skip
+    g.add_argument(
+        "--masks-are",
+        choices=["auto", "classes", "instances"],
+        default="auto",
+        help="what the masks hold: class indices, or instance label images (one id per "
+        "object, as cellpose/StarDist write them); auto detects it and says so (default: auto)",
+    )
+    g.add_argument(
+        "--instance-mode",
+        choices=["boundary", "binary"],
+        default="boundary",
+        help="the classes instance masks become: boundary = background, interior, boundary "
+        "(keeps touching objects apart), binary = background, object (default: boundary)",
+    )
 
 
 def sources_from_args(args: argparse.Namespace, split: str) -> list:

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--out", default="segen-demo", help="output folder of the headless demo")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier headless demo"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.set_defaults(func=run)
 
@@ -34,11 +37,11 @@ def has_display() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     if args.headless or not has_display():
-        return run_headless(Path(args.out), args.device)
+        return run_headless(Path(args.out), args.device, overwrite=args.overwrite)
     return run_gui(args.device)
 
 
-def run_headless(out: Path, device: str = "auto") -> int:
+def run_headless(out: Path, device: str = "auto", overwrite: bool = False) -> int:
     import numpy as np
 
     from .._sample_data import ISBI_MASK_MAP, isbi_paths
@@ -46,29 +49,33 @@ def run_headless(out: Path, device: str = "auto") -> int:
     from ..inference import predict
     from ..metrics.segmentation import segmentation_scores
     from ..models import default_model_path, load_model
-    from ..utils.atomic import atomic_path
+    from ..utils.atomic import atomic_path, ensure_writable_dir, plan_outputs
 
     image_path, mask_path = isbi_paths()
+    # refuse before any work: an earlier demo's files stay unless --overwrite
+    labels_path, overlay_path = plan_outputs(
+        [out / "isbi_20_labels.png", out / "isbi_20_overlay.png"], overwrite=overwrite
+    )
+    ensure_writable_dir(out)
     model = load_model(str(default_model_path()))
     image = read_image(image_path)
     print(f"no display: headless demo. Segmenting {image_path.name} with {model.name} ...")
     labels = predict(model, image, device=device).labels
     truth = read_mask(mask_path, ISBI_MASK_MAP)
     scores = segmentation_scores(labels, truth, model.spec.num_classes)
-    out.mkdir(parents=True, exist_ok=True)
-    write_labels(out / "isbi_20_labels.png", labels, overwrite=True)
+    write_labels(labels_path, labels, overwrite=overwrite)
     rgb = np.stack([image] * 3, -1).astype(np.float32)
     rgb[labels == 1] = 0.5 * rgb[labels == 1] + 0.5 * np.array([255, 59, 48])
     from PIL import Image
 
-    with atomic_path(out / "isbi_20_overlay.png", overwrite=True) as tmp:
+    with atomic_path(overlay_path, overwrite=overwrite) as tmp:
         Image.fromarray(rgb.astype(np.uint8)).save(tmp, format="PNG")
     names = model.spec.class_names
     print(
         f"membrane Dice {scores.dice[1]:.3f}, IoU {scores.iou[1]:.3f}, "
         f"pixel accuracy {scores.accuracy:.3f} against the ground truth ({names[1]} = label 1)"
     )
-    print(f"wrote {out / 'isbi_20_labels.png'} and {out / 'isbi_20_overlay.png'}")
+    print(f"wrote {labels_path} and {overlay_path}")
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,8 @@ def add_parser(sub) -> None:
         default=None,
         metavar="R",
         help="data range of float images, e.g. 1.0 for [0, 1] (integer images use their "
-        "dtype's range: 255 for 8-bit, 65535 for 16-bit)",
+        "dtype's range: 255 for 8-bit, 65535 for 16-bit; or, with a warning, the range found "
+        "in a pair that uses less than 1/8 of it, e.g. 0-235 stored as 16-bit)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
@@ -61,7 +61,8 @@ def add_parser(sub) -> None:
 
 
 def _folder_images(folder: str) -> list[Path]:
-    from ..data.image_io import ImageReadError, list_images
+    from ..data.files import list_images
+    from ..data.image_io import ImageReadError
 
     path = Path(folder)
     if not path.is_dir():
@@ -92,8 +93,9 @@ def _drive(gen, desc: str, quiet: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.files import ImageFiles, pair_files_by_name
     from ..data.image_io import ImageReadError
-    from ..metrics.features import FeatureWeightsError, ImageFiles, pair_files_by_name
+    from ..metrics.features import FeatureWeightsError
     from ..metrics.image_quality import iter_paired_quality
 
     real_files = _folder_images(args.real_dir)
@@ -155,29 +157,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_report(out: dict[str, Any]) -> str:
-    """The plain-text table of a metrics run."""
-    from ..metrics.fid import format_distance
+    """The plain-text report of a metrics run: how the files paired, then the figures."""
+    from ..metrics.report import format_quality_report
 
-    lines = []
     if out.get("ssim"):
-        s, p = out["ssim"], out["psnr"]
-        lines.append(f"{out['n_pairs']} image pair(s) matched by name")
-        lines.append(f"SSIM  {s['mean']:.4f} +/- {s['std']:.4f}   (Wang 2004: 11x11 Gaussian)")
-        std = "" if p["std"] is None or math.isnan(p["std"]) else f" +/- {p['std']:.2f}"
-        lines.append(f"PSNR  {p['mean']:.2f}{std} dB")
+        lines = [f"{out['n_pairs']} image pair(s) matched by name"]
     else:
-        lines.append("no image pairs with the same name: SSIM and PSNR skipped")
+        lines = ["no image pairs with the same name: SSIM and PSNR skipped"]
     if out.get("unpaired_real") or out.get("unpaired_fake"):
         use = "they count only for FID/KID" if "n_real" in out else "they were skipped"
         lines.append(
             f"({out['unpaired_real']} real and {out['unpaired_fake']} synthetic image(s) "
             f"have no partner of the same name; {use})"
         )
-    if "n_real" in out:
-        lines.append(f"sets: {out['n_real']} real, {out['n_fake']} synthetic")
-        lines.extend(format_distance(out))
-        for w in out.get("warnings") or []:
-            lines.append(f"warning: {w}")
-        if out.get("message") and out.get("fid") is None:
-            lines.append(out["message"])
+    lines.append(format_quality_report(out))
     return "\n".join(lines)

@@ -1,9 +1,11 @@
-"""``napari-segen predict``: segment image files or folders into label images."""
+"""``napari-segen predict``: segment image files or folders into label images (and objects)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import numpy as np
 
 from ._common import UserError, add_model_argument, expand_inputs, progress_bar, resolve_model_path
 
@@ -11,10 +13,11 @@ from ._common import UserError, add_model_argument, expand_inputs, progress_bar,
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="segment images into label images",
+        help="segment images into label images (and objects)",
         description="Segment image files (or every image in the given folders) and write one "
-        "label image per input, with the same name, into --out. Existing files are kept "
-        "unless --overwrite is given.",
+        "label image per input, with the same name, into --out. --instances also writes the "
+        "objects (one id per object) as <name>_objects.tif with a table <name>_objects.csv. "
+        "Existing files are kept unless --overwrite is given.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     add_model_argument(p)
@@ -33,56 +36,105 @@ def add_parser(sub) -> None:
         action="store_true",
         help="also write class probabilities as <name>_probs.tif (float32, C x H x W)",
     )
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write the objects: <name>_objects.tif (uint16/uint32, one id per object, 0 = "
+        "none; touching objects split by seeded watershed) and <name>_objects.csv (label, "
+        "area, centroid per object)",
+    )
+    p.add_argument(
+        "--min-object-size",
+        type=int,
+        default=16,
+        metavar="PIXELS",
+        help="with --instances: drop objects smaller than this (default: 16)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write the per-pixel uncertainty (entropy of the class probabilities, 0-1) "
+        "as <name>_uncertainty.tif (float32)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over the 8 flips/rotations (8x slower, "
+        "usually a little more accurate)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import tifffile
+def _outputs(out_dir: Path, stem: str, labels_suffix: str, args) -> dict[str, Path]:
+    """Every file one input writes, by kind."""
+    paths = {"labels": out_dir / (stem + labels_suffix)}
+    if args.probabilities:
+        paths["probabilities"] = out_dir / f"{stem}_probs.tif"
+    if args.uncertainty:
+        paths["uncertainty"] = out_dir / f"{stem}_uncertainty.tif"
+    if args.instances:
+        paths["objects"] = out_dir / f"{stem}_objects.tif"
+        paths["table"] = out_dir / f"{stem}_objects.csv"
+    return paths
 
-    from ..data.image_io import read_image, write_labels
-    from ..data.layout import spatial_layout
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.image_io import ImageReadError, image_info, read_image, write_labels
     from ..inference import iter_predict
     from ..models import load_model
-    from ..utils.atomic import atomic_path, check_writable
+    from ..utils.atomic import OverwriteError, ensure_writable_dir, plan_outputs
     from ..utils.devices import resolve_device
     from ..utils.generators import drive
+    from . import SkippedInputs
 
+    if args.min_object_size < 0:
+        raise UserError(f"--min-object-size must be 0 or more, got {args.min_object_size}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be 1 or more, got {args.batch_size}")
     device = resolve_device(args.device)  # fail before any work on a bad device
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder")
-    targets = []
-    for f in files:
-        suffix = f".{args.format}" if args.format else None
-        targets.append((f, suffix))
     model = load_model(resolve_model_path(args.model), device="cpu")
-    # Refuse before any work if an output exists (checked again at write time).
+    # Refuse before any work if an output exists, two outputs share a file or an output
+    # would replace an input (the writes are create-exclusive as well). Headers only: the
+    # images are read one at a time below; a bad one is reported and skipped.
+    skipped = SkippedInputs("predict")
     planned = []
-    for f, suffix in targets:
-        image = None
-        if suffix is None:
+    for f in files:
+        try:
+            stack = image_info(f).is_stack
+            if stack and args.format == "png":
+                raise ImageReadError(f"{f} is a stack; its labels need --format tif (or none)")
+        except ImageReadError as err:
+            skipped.skip(f, err)
+            continue
+        suffix = f".{args.format}" if args.format else ".tif" if stack else ".png"
+        planned.append((f, _outputs(out_dir, f.stem, suffix, args)))
+    plan_outputs(
+        [(dest, f"the {kind} of {f.name}") for f, outs in planned for kind, dest in outs.items()],
+        inputs=files,
+        overwrite=args.overwrite,
+    )
+    ensure_writable_dir(out_dir)
+    for i, (f, outputs) in enumerate(planned, 1):
+        try:
             image = read_image(f)
-            leading, _ = spatial_layout(image.shape, None)
-            suffix = ".tif" if leading else ".png"  # one plane (gray or colour) fits a PNG
-        dest = out_dir / (f.stem + suffix)
-        check_writable(dest, args.overwrite)
-        planned.append((f, dest, image))
-    names = [d for _, d, _ in planned]
-    if len(set(names)) != len(names):
-        raise UserError("two inputs share a file name; segment them into separate --out folders")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, (f, dest, image) in enumerate(planned, 1):
-        image = read_image(f) if image is None else image
+        except ImageReadError as err:
+            skipped.skip(f, err)
+            continue
         gen = iter_predict(
             model,
             image,
             tile_size=args.tile_size,
             batch_size=args.batch_size,
             device=device,
-            return_probabilities=args.probabilities,
+            return_probabilities=args.probabilities or args.instances,
+            return_uncertainty=args.uncertainty,
+            tta=args.tta,
         )
         with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:
 
@@ -92,10 +144,86 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
 
             result = drive(gen, _show)
-        write_labels(dest, result.labels, overwrite=args.overwrite)
-        if result.probabilities is not None:
-            with atomic_path(out_dir / f"{f.stem}_probs.tif", args.overwrite) as tmp:
-                tifffile.imwrite(tmp, result.probabilities, photometric="minisblack")
-        if not args.quiet:
-            print(f"{f} -> {dest}")
-    return 0
+        try:
+            write_labels(outputs["labels"], result.labels, overwrite=args.overwrite)
+        except OverwriteError as err:  # another run wrote it since the plan
+            skipped.skip(f, err)
+            continue
+        if args.probabilities:
+            _write_tif(outputs["probabilities"], result.probabilities, args.overwrite)
+        if args.uncertainty:
+            _write_tif(outputs["uncertainty"], result.uncertainty, args.overwrite)
+        line = f"{f} -> {outputs['labels']}"
+        if args.instances:
+            count = write_objects(
+                outputs["objects"],
+                outputs["table"],
+                result.probabilities,
+                model.spec.class_names,
+                args.min_object_size,
+                args.overwrite,
+            )
+            line += f", {count} objects -> {outputs['objects'].name} + {outputs['table'].name}"
+        if not args.quiet or args.instances:  # the object count is a result, not progress
+            print(line)
+    return skipped.exit_code(len(files))
+
+
+def _write_tif(path: Path, data: np.ndarray, overwrite: bool) -> None:
+    import tifffile
+
+    from ..utils.atomic import atomic_path
+
+    with atomic_path(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, np.asarray(data, np.float32), photometric="minisblack")
+
+
+def write_objects(
+    path: Path,
+    table_path: Path,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    min_size: int,
+    overwrite: bool,
+) -> int:
+    """Objects of ``(..., K, H, W)`` probabilities to a label TIFF and a CSV table; their count.
+
+    Stacks are split plane by plane; ids stay unique over the whole stack and the
+    table names each object's plane.
+    """
+    import csv
+    import io
+
+    import tifffile
+
+    from ..inference.instances import find_instances
+    from ..utils.atomic import atomic_path
+
+    leading = probabilities.shape[:-3]
+    planes = list(np.ndindex(*leading)) if leading else [()]
+    labels = np.zeros((*leading, *probabilities.shape[-2:]), np.int64)
+    index_names = ["slice"] if len(leading) == 1 else [f"slice_{k}" for k in range(len(leading))]
+    rows: list[list] = []
+    offset = 0
+    for idx in planes:
+        found = find_instances(probabilities[idx], class_names, min_size=min_size)
+        plane = found.labels.astype(np.int64)
+        labels[idx] = np.where(plane > 0, plane + offset, 0)
+        feats = found.features
+        for j in range(len(feats["label"])):
+            rows.append(
+                [int(feats["label"][j]) + offset, *idx, int(feats["area"][j]),
+                 round(float(feats["centroid_y"][j]), 3), round(float(feats["centroid_x"][j]), 3)]
+            )  # fmt: skip
+        offset += found.count
+    dtype = np.uint16 if offset < 65536 else np.uint32
+    with atomic_path(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["label", *(index_names if leading else []), "area", "centroid_y",
+                     "centroid_x"])  # fmt: skip
+    writer.writerows(rows)
+    with atomic_path(table_path, overwrite) as tmp:
+        tmp.write_text(text.getvalue())
+    return offset

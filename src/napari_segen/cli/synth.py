@@ -51,9 +51,10 @@ def _add_train(ss) -> None:
         "train",
         help="train a pix2pix generator on image/mask folders",
         description="Train a pix2pix cGAN (U-Net generator, PatchGAN discriminator, adversarial "
-        "+ L1 loss). The generator is checkpointed atomically to --out (with its .json and a "
-        ".resume.safetensors training state); sample grids (mask | real | generated) go to "
-        "<out>_samples/. Held-out pairs give an SSIM/PSNR/FID readout at the end.",
+        "+ L1 loss). The generator is checkpointed atomically to --out (with its .json), the "
+        "training state that --resume continues from to <name>.last.safetensors (+ .json) "
+        "beside it; sample grids (mask | real | generated) go to <name>_samples/. Held-out "
+        "pairs give an SSIM/PSNR/FID readout at the end.",
     )
     add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
@@ -127,9 +128,7 @@ def _add_train(ss) -> None:
     t.add_argument(
         "--resume", action="store_true", help="continue the run saved in --out up to --steps"
     )
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    t.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    t.set_defaults(func=run_train)
+    _add_run_flags(t, "an existing --out", run_train)
 
 
 def _add_generate(ss) -> None:
@@ -142,9 +141,7 @@ def _add_generate(ss) -> None:
     g.add_argument("masks", nargs="+", help="mask files or folders of masks")
     _add_model_and_masks(g)
     g.add_argument("--out", "-o", required=True, help="output folder")
-    g.add_argument("--overwrite", action="store_true", help="replace existing images")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    g.set_defaults(func=run_generate)
+    _add_run_flags(g, "existing images", run_generate)
 
 
 def _add_export(ss) -> None:
@@ -187,9 +184,7 @@ def _add_export(ss) -> None:
     e.add_argument(
         "--elastic-sigma", type=float, default=8.0, help="elastic smoothness in pixels (default: 8)"
     )
-    e.add_argument("--overwrite", action="store_true", help="replace existing pairs")
-    e.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    e.set_defaults(func=run_export)
+    _add_run_flags(e, "existing pairs", run_export)
 
 
 def _add_evaluate(ss) -> None:
@@ -212,6 +207,13 @@ def _add_evaluate(ss) -> None:
     v.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     v.add_argument("--json", action="store_true", help="print the figures as JSON")
     v.set_defaults(func=run_evaluate)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, replaces: str, func) -> None:
+    """The end of every action that writes files: --overwrite, --quiet and what runs it."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {replaces}")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=func)
 
 
 def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
@@ -245,10 +247,15 @@ def _load_generator(path: str):
 
 
 def _read_masks(items: list[str], mask_map: str | None):
+    """``(path, mask)`` of each mask file; every mask is 2D or a ``(Z, H, W)`` stack."""
     from ..data.image_io import parse_value_map, read_mask
 
     vm = parse_value_map(mask_map)
-    return [(p, read_mask(p, vm)) for p in expand_inputs(items)]
+    masks = [(p, read_mask(p, vm)) for p in expand_inputs(items)]
+    for path, mask in masks:
+        if mask.ndim not in (2, 3):
+            raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
+    return masks
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -264,8 +271,12 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             val_sources=validation_sources(args),
             class_names=names,
+            masks_are=args.masks_are,
+            instance_mode=args.instance_mode,
         )
     )
+    for note in assembled.notes:
+        print(note, file=sys.stderr)
     cfg = SynthConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -337,37 +348,67 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..synthesis.generate import iter_generate, write_image
+    """One image per mask file, streamed; a bad mask is reported and skipped (exit 1)."""
+    from ..data.image_io import (
+        ImageReadError,
+        check_mask_classes,
+        image_info,
+        parse_value_map,
+        read_mask,
+    )
+    from ..synthesis.generate import generated_suffix, iter_generate, write_image
+    from ..utils.atomic import OverwriteError, ensure_writable_dir, plan_outputs
+    from . import SkippedInputs
 
     model = _load_generator(args.model)
-    masks = _read_masks(args.masks, args.mask_map)
+    value_map = parse_value_map(args.mask_map)
+    files = expand_inputs(args.masks)
     out = Path(args.out)
-    suffix = ".png"
-    bar = progress_bar(len(masks), "generating", args.quiet)
+    skipped = SkippedInputs("synth generate")
+    planned = []  # every output name checked before the first write
+    for path in files:
+        try:
+            stack = image_info(path).is_stack
+        except ImageReadError as err:
+            skipped.skip(path, err)
+            continue
+        planned.append((path, out / f"{path.stem}{generated_suffix(model, stack)}"))
+    plan_outputs(
+        [(target, f"the image of {path.name}") for path, target in planned],
+        inputs=files,
+        overwrite=args.overwrite,
+    )
+    ensure_writable_dir(out)
+    written = 0
+    bar = progress_bar(len(planned), "generating", args.quiet)
     try:
-        for i, (path, mask) in enumerate(masks):
-            if mask.ndim not in (2, 3):
-                raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
-            image = drive(
-                iter_generate(
-                    model,
-                    mask,
-                    device=args.device,
-                    tile_size=args.tile_size,
-                    stochastic=args.stochastic,
-                    seed=args.seed + i,
-                ),
-            )
-            png = image.dtype == "uint8" or (image.dtype == "uint16" and image.ndim == 2)
-            suffix = ".png" if png else ".tif"
-            target = out / f"{path.stem}{suffix}"
-            write_image(target, image, overwrite=args.overwrite)
+        for i, (path, target) in enumerate(planned):
+            try:
+                mask = read_mask(path, value_map)
+                if mask.ndim not in (2, 3):
+                    raise ImageReadError(f"masks are 2D or a (Z, H, W) stack, not {mask.shape}")
+                check_mask_classes(path.name, mask, model.spec.num_classes)
+                image = drive(
+                    iter_generate(
+                        model,
+                        mask,
+                        device=args.device,
+                        tile_size=args.tile_size,
+                        stochastic=args.stochastic,
+                        seed=args.seed + i,
+                    ),
+                )
+                write_image(target, image, overwrite=args.overwrite)
+            except (ImageReadError, OverwriteError) as err:
+                skipped.skip(path, err)
+            else:
+                written += 1
+                bar.write(f"{path.name} -> {target}")
             bar.update(1)
-            bar.write(f"{path.name} -> {target}")
     finally:
         bar.close()
-    print(json.dumps({"images": len(masks), "out": str(out)}))
-    return 0
+    print(json.dumps({"images": written, "out": str(out), "skipped": skipped.paths}))
+    return skipped.exit_code(len(files))
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -376,13 +417,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     model = _load_generator(args.model)
     sources = []
-    for path, mask in _read_masks(args.masks, args.mask_map):
-        if mask.ndim == 3:
-            sources.extend(list(mask))
-        elif mask.ndim == 2:
-            sources.append(mask)
-        else:
-            raise UserError(f"{path}: masks must be 2D or a (Z, H, W) stack, got {mask.shape}")
+    for _, mask in _read_masks(args.masks, args.mask_map):
+        sources.extend(mask if mask.ndim == 3 else [mask])
     transform = MaskTransformConfig(
         flips=not args.no_flips,
         rot90=not args.no_rot90,
@@ -436,9 +472,14 @@ def run_export(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..metrics.report import format_quality_report
     from ..synthesis.quality import evaluate_generator
+    from ..training.assembly import masks_to_classes, read_masks_as
 
     model = _load_generator(args.model)
     pairs, _, _ = load_source_pairs(args, "val")
+    reading = read_masks_as(pairs, args.masks_are, args.instance_mode, model.spec.num_classes)
+    if reading.note:
+        print(reading.note, file=sys.stderr)
+    pairs = masks_to_classes(pairs, reading, args.instance_mode)
     q = evaluate_generator(
         model, pairs, device=args.device, fid=not args.no_fid, extractor=args.fid_features
     )

@@ -45,6 +45,18 @@ def add_parser(sub) -> None:
         help="fraction of pairs held out for validation (default: 0.2)",
     )
     p.add_argument(
+        "--replay-images",
+        help="folder of images the start model was trained on: fine-tuning replays them "
+        "(training only, no validation) so the model does not forget; with --replay-masks",
+    )
+    p.add_argument("--replay-masks", help="folder of the masks of --replay-images")
+    p.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.5,
+        help="share of the training crops drawn from the replay data (default: 0.5)",
+    )
+    p.add_argument(
         "--from",
         dest="start",
         default=None,
@@ -60,7 +72,9 @@ def add_parser(sub) -> None:
         "--classes",
         default=None,
         help="comma-separated class names, class 0 first (default: VOC's 20+1 with --voc, "
-        "else background,foreground or as many as the masks hold)",
+        "else background,foreground or as many as the masks hold; with --from: the start "
+        "model's). With --from, other names rename its classes (same count) or give it a new "
+        "final layer (another count), keeping the rest of the model",
     )
     p.add_argument(
         "--in-channels",
@@ -130,6 +144,16 @@ def start_from_args(args: argparse.Namespace):
         raise UserError("--pretrained applies to a new --arch fcn_resnet50 only")
     if args.start:
         return resolve_model_path(args.start)
+    if args.arch == "unet":  # refuse a network that cannot fit before reading any data
+        from ..models.model_file import ModelFileError, check_model_size
+
+        unet = {"in_channels": args.in_channels or 3, "num_classes": 2, "depth": args.depth,
+                "base_channels": args.base_channels}  # fmt: skip
+        try:
+            check_model_size("unet", unet)
+        except ModelFileError as err:
+            flags = f"--depth {args.depth} --base-channels {args.base_channels}"
+            raise UserError(f"{flags}: {err}") from err
     return NewModel(args.arch, args.depth, args.base_channels, args.in_channels, args.pretrained)
 
 
@@ -171,7 +195,8 @@ def _resume_setup(args):
 
     meta = read_checkpoint_meta(last_checkpoint_path(args.out))
     spec = ModelSpec.from_json(meta["spec"])
-    spec.provenance = {}
+    # The run's provenance is written afresh; what the start model's classes were stays.
+    spec.provenance = {k: v for k, v in spec.provenance.items() if k == "classes_changed_from"}
     saved = dict(meta["train"].get("config", {}))
     aug = AugmentConfig(**saved.pop("augment", {}))
     known = set(TrainConfig.__dataclass_fields__)
@@ -209,6 +234,12 @@ def _run(args, dist_info) -> int:
         if main_rank:
             print(msg, file=sys.stderr)
 
+    if main_rank:  # an unwritable --out is found now, not after reading data and an epoch
+        from pathlib import Path
+
+        from ..utils.atomic import ensure_writable_dir
+
+        ensure_writable_dir(Path(args.out).parent)
     sources = sources_from_args(args, "train")
     val_sources = validation_sources(args)
     if args.resume:
@@ -227,8 +258,16 @@ def _run(args, dist_info) -> int:
             seed=cfg.seed or 0,
             val_sources=val_sources,
             class_names=None if args.resume else class_names_from_args(args),
+            masks_are=args.masks_are,
+            instance_mode=args.instance_mode,
         )
     )
+    for note in assembled.notes:
+        say(note)
+    if args.replay_images or args.replay_masks:
+        assembled.train, replayed = replay_pairs(args, assembled.train)
+        share = f"~{args.replay_share:.0%} of the crops"
+        say(f"replaying {replayed} image(s) of {args.replay_images}: {share}")
     if dist_info is not None:
         cfg.device = dist_info.device
         say(f"distributed: {world} processes ({dist_info.backend}), this is rank {rank}")
@@ -243,6 +282,7 @@ def _run(args, dist_info) -> int:
         provenance={
             "command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
             "world_size": world,
+            **(assembled.start.provenance if args.resume else {}),
             **assembled.provenance,
         },
         rank=rank,
@@ -272,6 +312,8 @@ def _run(args, dist_info) -> int:
         result = drive(gen, _report)
     finally:
         bar.close()
+    if main_rank and result.still_improving:
+        say(still_improving_message(result, args.out))
     if main_rank:
         print(
             json.dumps(
@@ -280,7 +322,34 @@ def _run(args, dist_info) -> int:
                     "best": result.best_metrics.get("foreground_dice"),
                     "epochs": len(result.history),
                     "seconds": round(result.seconds, 1),
+                    "still_improving": result.still_improving,
                 }
             )
         )
     return 0
+
+
+def still_improving_message(result, out: str) -> str:
+    """The line that says a run ended while validation was still getting better."""
+    n = len(result.history)
+    return (
+        f"validation was still improving at the last epoch (best: epoch {result.best_epoch} "
+        f"of {n}): train longer, e.g. run again with --from {out} --epochs {max(n, 10)} and a "
+        "new --out (--resume only finishes the epochs the run was started with)"
+    )
+
+
+def replay_pairs(args: argparse.Namespace, train: list) -> tuple[list, int]:
+    """The training pairs with ``--replay-images/--replay-masks`` (training only), balanced
+    so the replay gets ``--replay-share`` of the crops; and how many replay pairs there are."""
+    from ..data.corrections import with_replay
+    from ..data.image_io import parse_value_map
+    from ..training.assembly import FolderSource
+
+    if not (args.replay_images and args.replay_masks):
+        raise UserError("give both --replay-images and --replay-masks")
+    if not 0 < args.replay_share < 1:
+        raise UserError(f"--replay-share must be between 0 and 1, got {args.replay_share}")
+    value_map = parse_value_map(args.mask_map)
+    old = FolderSource(args.replay_images, args.replay_masks, value_map, args.sparse).read()
+    return with_replay(train, old.pairs, args.replay_share), len(old.pairs)

@@ -1,9 +1,9 @@
 """Image and mask reading, dataset sources and augmentation (no Qt, no napari)."""
 
+from .files import list_images
 from .image_io import (
     IMAGE_SUFFIXES,
     ImageReadError,
-    list_images,
     map_mask_values,
     parse_value_map,
     read_image,

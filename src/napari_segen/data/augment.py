@@ -50,16 +50,24 @@ def augment_pair(
 
 
 def deform_and_jitter(
-    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The elastic deformation (image and mask) and intensity jitter (image) of ``cfg``."""
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """The elastic deformation (image and mask) and intensity jitter (image) of ``cfg``.
+
+    With a per-pixel ``weight`` map, it is deformed with the mask (nearest
+    neighbour, 0 where the mask becomes unannotated) and ``(x, y, weight)`` is returned.
+    """
     if cfg.elastic_p > 0 and torch.rand(()) < cfg.elastic_p:
         t = v2.ElasticTransform(
             alpha=cfg.elastic_alpha,
             sigma=cfg.elastic_sigma,
             fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX},
         )
-        x, y = t(tv_tensors.Image(x), tv_tensors.Mask(y))
+        if weight is None:
+            x, y = t(tv_tensors.Image(x), tv_tensors.Mask(y))
+        else:
+            x, y, weight = t(tv_tensors.Image(x), tv_tensors.Mask(y), tv_tensors.Mask(weight))
+            weight = torch.where(y == IGNORE_INDEX, 0.0, weight.as_subclass(torch.Tensor))
         x, y = x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)
     if cfg.intensity > 0:
         s = cfg.intensity
@@ -69,4 +77,6 @@ def deform_and_jitter(
         mean = x.mean()
         x = (x - mean) * contrast + mean + brightness
         x = x.clamp_min(0) ** gamma
+    if weight is not None:
+        return x.contiguous(), y.contiguous(), weight.contiguous()
     return x.contiguous(), y.contiguous()

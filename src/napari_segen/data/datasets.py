@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from .augment import AugmentConfig, deform_and_jitter
 from .conventions import IGNORE_INDEX
-from .image_io import ImageReadError, list_images, read_image, read_mask
+from .files import list_images
+from .image_io import ImageReadError, read_image, read_mask
 from .layout import is_rgb_shape
 from .normalize import normalize_image, to_channels_first
 from .sampler import CropSampler, derive_seed
@@ -27,23 +28,52 @@ class LabeledImage:
     """One training pair: a raw image and its class-index mask.
 
     ``mask`` holds class indices, :data:`IGNORE_INDEX` where nothing is annotated.
+    ``weight`` (optional) is a float per-pixel loss weight of the mask's shape
+    (None: every pixel 1), e.g. more for the pixels a user corrected
+    (:func:`~napari_segen.data.corrections.correction_pair`).
     """
 
     image: np.ndarray
     mask: np.ndarray
     name: str = ""
     rgb: bool | None = None
+    weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        spatial = self.image.shape[:2] if self._is_rgb() else self.image.shape[-2:]
+        spatial = self.image.shape[:2] if self.is_rgb else self.image.shape[-2:]
         if self.image.ndim not in (2, 3) or tuple(self.mask.shape) != tuple(spatial):
             raise ValueError(
                 f"{self.name or 'image'}: mask shape {self.mask.shape} does not match "
                 f"image shape {self.image.shape}; each mask must cover its image pixel for pixel"
             )
+        w = self.weight
+        if w is not None and (
+            tuple(w.shape) != tuple(self.mask.shape) or not np.all(np.isfinite(w) & (w >= 0))
+        ):
+            raise ValueError(
+                f"{self.name or 'image'}: the pixel weights must be finite, >= 0 and of the "
+                f"mask's shape {self.mask.shape} (got shape {w.shape})"
+            )
 
-    def _is_rgb(self) -> bool:
+    def rows(self, start: int, stop: int, name: str) -> LabeledImage:
+        """Rows ``start:stop`` of the image, mask and pixel weights, as a pair named ``name``."""
+        w = None if self.weight is None else self.weight[start:stop]
+        return replace(
+            self, image=self.image[start:stop], mask=self.mask[start:stop], weight=w, name=name
+        )
+
+    @property
+    def is_rgb(self) -> bool:
+        """Whether the image's last axis is colour (``rgb`` as given, else from its shape)."""
         return is_rgb_shape(self.image.shape, self.rgb)
+
+
+def image_channels(pairs: Sequence[LabeledImage]) -> int:
+    """Channels a model for ``pairs`` takes: 3 when any image is colour, else 1.
+
+    Grey images widen to 3 channels losslessly, colour ones do not narrow to 1.
+    """
+    return 3 if any(p.is_rgb for p in pairs) else 1
 
 
 def sparse_to_classes(labels: np.ndarray) -> np.ndarray:
@@ -104,30 +134,6 @@ def split_pairs(
     return train, val
 
 
-def split_image_region(
-    pair: LabeledImage, val_fraction: float
-) -> tuple[list[LabeledImage], list[LabeledImage]]:
-    """Hold out the bottom ``val_fraction`` of one image's rows for validation.
-
-    For a single annotated image: train on the top part, validate on the bottom
-    strip. Returns ``([pair], [])`` when the fraction is 0, the strip would be
-    thinner than 32 rows, or either part has no annotation.
-    """
-    h = pair.mask.shape[0]
-    n_val = int(round(h * val_fraction))
-    if val_fraction <= 0 or n_val < 32 or h - n_val < 32:
-        return [pair], []
-    cut = h - n_val
-    img = pair.image
-    top_mask, bottom_mask = pair.mask[:cut], pair.mask[cut:]
-    if not ((top_mask >= 0).any() and (bottom_mask >= 0).any()):
-        return [pair], []
-    name = pair.name or "image"
-    train = LabeledImage(img[:cut], top_mask, f"{name} (top {cut} rows)", pair.rgb)
-    val = LabeledImage(img[cut:], bottom_mask, f"{name} (bottom {n_val} rows)", pair.rgb)
-    return [train], [val]
-
-
 def class_frequencies(pairs: Sequence[LabeledImage], num_classes: int) -> np.ndarray:
     """Fraction of annotated pixels of each class."""
     counts = np.zeros(num_classes, np.int64)
@@ -138,7 +144,8 @@ def class_frequencies(pairs: Sequence[LabeledImage], num_classes: int) -> np.nda
 
 
 class SegmentationDataset(Dataset):
-    """Random crops of normalised training pairs, augmented, as ``(x, y)`` tensors.
+    """Random crops of normalised training pairs, augmented, as ``(x, y)`` tensors
+    (``(x, y, weight)`` when any pair has pixel weights; the others weigh 1).
 
     Crops, flips and rotations come from :class:`~napari_segen.data.sampler.CropSampler`
     (images are picked in proportion to their annotated pixels, crops with
@@ -176,12 +183,25 @@ class SegmentationDataset(Dataset):
         self.samples_per_epoch = samples_per_epoch or len(pairs)
         self.seed = seed
         self.epoch = 0
-        images, masks = [], []
+        images, masks, weights = [], [], []
+        # A pair listed several times (to be sampled more often) is normalised once.
+        made: dict[tuple[int, int, int], tuple] = {}
         for p in pairs:
-            chw = to_channels_first(p.image, in_channels, rgb=p._is_rgb())
-            chw = normalize_image(chw, normalization, source_dtype=p.image.dtype)
-            images.append(torch.from_numpy(np.ascontiguousarray(chw)))
-            masks.append(torch.from_numpy(np.asarray(p.mask, np.int64)))
+            key = (id(p.image), id(p.mask), id(p.weight))
+            if key not in made:
+                chw = to_channels_first(p.image, in_channels, rgb=p.is_rgb)
+                chw = normalize_image(chw, normalization, source_dtype=p.image.dtype)
+                w = p.weight
+                made[key] = (
+                    torch.from_numpy(np.ascontiguousarray(chw)),
+                    torch.from_numpy(np.asarray(p.mask, np.int64)),
+                    None if w is None else torch.from_numpy(np.asarray(w, np.float32)),
+                )
+            image, mask, weight = made[key]
+            images.append(image)
+            masks.append(mask)
+            weights.append(weight)
+        self.weighted = any(w is not None for w in weights)
         # Sample images in proportion to their annotated pixels (sparse strokes weigh less).
         annotated = [max(int((m >= 0).sum()), 1) for m in masks]
         self.sampler = CropSampler(
@@ -193,6 +213,7 @@ class SegmentationDataset(Dataset):
             weights=annotated,
             mask_fill=IGNORE_INDEX,
             prefer_annotated=True,
+            pixel_weights=weights if self.weighted else None,
         )
 
     def __len__(self) -> int:
@@ -202,7 +223,7 @@ class SegmentationDataset(Dataset):
         """Select the epoch whose crops are drawn (with ``seed``: each epoch its own crops)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if self.seed is None:
             return self._sample()
         # The elastic and intensity augmentation draw from the global RNG: fork it.
@@ -210,8 +231,8 @@ class SegmentationDataset(Dataset):
             torch.manual_seed(derive_seed(self.seed, self.epoch, index))
             return self._sample()
 
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.sampler.sample()
+    def _sample(self) -> tuple[torch.Tensor, ...]:
+        crop = self.sampler.sample()
         if self.augment is not None:
-            x, y = deform_and_jitter(x, y, self.augment)
-        return x.contiguous(), y.contiguous()
+            crop = deform_and_jitter(*crop[:2], self.augment, *crop[2:])
+        return tuple(t.contiguous() for t in crop)

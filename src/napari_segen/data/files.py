@@ -11,9 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_io import list_images, read_image
+from .image_io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 __all__ = ["ImageFiles", "list_images", "pair_files_by_name"]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files in ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"folder not found: {folder}")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 class ImageFiles(Sequence):
@@ -39,23 +51,18 @@ def pair_files_by_name(
     Raises:
         ValueError: two files of one list share a stem.
     """
+    fake_by_stem = _by_stem(fakes, "synthetic")
+    return [(r, fake_by_stem[s]) for s, r in _by_stem(reals, "real").items() if s in fake_by_stem]
+
+
+def _by_stem(files: Sequence[str | os.PathLike], what: str) -> dict[str, Path]:
+    """``files`` by name stem, in order; two files of one stem are an error."""
     by_stem: dict[str, Path] = {}
-    for f in map(Path, fakes):
+    for f in map(Path, files):
         if f.stem in by_stem:
             raise ValueError(
-                f"two synthetic images are named {f.stem!r} ({by_stem[f.stem].name}, {f.name}); "
+                f"two {what} images are named {f.stem!r} ({by_stem[f.stem].name}, {f.name}); "
                 "names must be unique to pair images"
             )
         by_stem[f.stem] = f
-    seen: dict[str, Path] = {}
-    pairs = []
-    for r in map(Path, reals):
-        if r.stem in seen:
-            raise ValueError(
-                f"two real images are named {r.stem!r} ({seen[r.stem].name}, {r.name}); "
-                "names must be unique to pair images"
-            )
-        seen[r.stem] = r
-        if r.stem in by_stem:
-            pairs.append((r, by_stem[r.stem]))
-    return pairs
+    return by_stem

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .layout import is_rgb_shape
+
+log = logging.getLogger(__name__)
 
 
 def dtype_range(dtype: np.dtype) -> tuple[float, float]:
@@ -56,13 +59,25 @@ def normalize_image(
     to 8/16-bit and float alike), ``range`` (the source dtype's range, or
     ``min``/``max`` given), ``none``.
     Statistics come from the whole image, so tiles of it are normalised alike.
+
+    NaN-safe: files with NaN or infinite pixels are refused when read
+    (:func:`napari_segen.data.image_io.read_image`), but an array handed over in
+    memory (a napari layer) may hold them; they are left out of the statistics,
+    become the image's lowest finite intensity, and a warning says how many there were.
     """
     mode = norm.get("mode", "percentile")
     x = chw.astype(np.float32, copy=False)
+    finite: np.ndarray | None = np.isfinite(x)
+    if finite.all():
+        finite = None
+    else:
+        x = _without_nonfinite(x, finite)
     if mode == "none":
         return x
     if mode == "percentile":
-        lo, hi = np.percentile(x, [float(norm.get("low", 1.0)), float(norm.get("high", 99.8))])
+        q = [float(norm.get("low", 1.0)), float(norm.get("high", 99.8))]
+        values = x if finite is None or not finite.any() else x[finite]
+        lo, hi = np.percentile(values, q) if values.size else (0.0, 1.0)
     elif mode == "range":
         if "min" in norm and "max" in norm:
             lo, hi = float(norm["min"]), float(norm["max"])
@@ -72,3 +87,16 @@ def normalize_image(
         raise ValueError(f"unknown normalization mode {mode!r}")
     scale = float(hi - lo) if hi > lo else 1.0
     return ((x - float(lo)) / scale).astype(np.float32, copy=False)
+
+
+def _without_nonfinite(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """``x`` with its NaN/infinite values set to its lowest finite value (0 if none), warned."""
+    bad = x.size - int(np.count_nonzero(finite))
+    log.warning(
+        "%d NaN or infinite pixel value(s) (%.2g%% of the image) have no intensity: they are "
+        "treated as the image's lowest intensity, and their labels are guesses",
+        bad,
+        100 * bad / x.size,
+    )
+    fill = float(x[finite].min()) if bad < x.size else 0.0
+    return np.where(finite, x, np.float32(fill))

@@ -2,7 +2,9 @@
 
 The one crop sampler of both trainers: the segmentation dataset adds its
 intensity and elastic augmentation on top (:mod:`napari_segen.data.augment`),
-the pix2pix trainer uses the crops as they come.
+the pix2pix trainer uses the crops as they come. Per-pixel loss weights
+(corrections that count more) ride along as one more mask-like plane: cropped,
+padded, flipped and rotated exactly as the mask is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+#: ``(image, mask)``, or ``(image, mask, weight)`` from a sampler given pixel weights.
+Crop = tuple[torch.Tensor, ...]
 
 
 def derive_seed(seed: int, *key: int) -> int:
@@ -40,6 +44,11 @@ class CropSampler:
     or repeated when too small to mirror). Each crop is flipped and rotated
     by a multiple of 90 degrees as a whole, so image and mask stay aligned.
 
+    With ``pixel_weights``, :meth:`sample` and :meth:`batch` give ``(image,
+    mask, weight)``: the weight map goes through the same crop, padding (0
+    where the mask is padded with ``mask_fill``, else mirrored like it), flips
+    and rotation as the mask.
+
     Args:
         images: float ``(C, H, W)`` tensors.
         masks: int64 ``(H, W)`` tensors, one per image.
@@ -49,6 +58,8 @@ class CropSampler:
         weights: how often each image is picked (default: its area).
         mask_fill: mask value of padded pixels (None: mirrored like the image).
         prefer_annotated: retry a few crops that hold no annotated pixel (mask < 0 only).
+        pixel_weights: float ``(H, W)`` per-pixel loss weights, one per image
+            (None entries: all 1), or None for none.
     """
 
     def __init__(
@@ -62,9 +73,12 @@ class CropSampler:
         weights: Sequence[float] | None = None,
         mask_fill: int | None = None,
         prefer_annotated: bool = False,
+        pixel_weights: Sequence[torch.Tensor | None] | None = None,
     ) -> None:
         if len(images) != len(masks) or not images:
             raise ValueError("give one mask per image, and at least one image")
+        if pixel_weights is not None and len(pixel_weights) != len(masks):
+            raise ValueError("give one pixel-weight map (or None) per image")
         if crop_size < 1:
             raise ValueError(f"the crop size must be at least 1, got {crop_size}")
         self.images, self.masks = list(images), list(masks)
@@ -74,24 +88,46 @@ class CropSampler:
         self.prefer_annotated = prefer_annotated
         w = np.asarray(weights if weights is not None else [m.numel() for m in masks], float)
         self.weights = torch.from_numpy(w / w.sum())
+        self.pixel_weights: list[torch.Tensor] | None = None
+        if pixel_weights is not None:
+            self.pixel_weights = [
+                torch.ones(m.shape) if pw is None else pw.float()
+                for m, pw in zip(self.masks, pixel_weights, strict=True)
+            ]
+            for m, pw in zip(self.masks, self.pixel_weights, strict=True):
+                if tuple(pw.shape) != tuple(m.shape):
+                    raise ValueError(
+                        f"a pixel-weight map of shape {tuple(pw.shape)} does not match its "
+                        f"mask of shape {tuple(m.shape)}"
+                    )
 
     def __len__(self) -> int:
         return len(self.images)
 
     def padded(self, i: int) -> Pair:
         """Image and mask ``i``, padded to at least the crop size."""
+        x, planes = self._padded(i)
+        return x, planes[0]
+
+    def _padded(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image ``i`` and its mask-like planes (mask, then pixel weight), padded alike."""
         x, y = self.images[i], self.masks[i]
+        planes = [y] if self.pixel_weights is None else [y, self.pixel_weights[i]]
         h, w = y.shape
         ph, pw = max(self.crop_size - h, 0), max(self.crop_size - w, 0)
         if not (ph or pw):
-            return x, y
+            return x, planes
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
         if self.mask_fill is None:
-            y = F.pad(y[None, None].float(), (0, pw, 0, ph), mode=mode)[0, 0].long()
-        else:
-            y = F.pad(y, (0, pw, 0, ph), value=self.mask_fill)
-        return x, y
+            planes = [
+                F.pad(p[None, None].float(), (0, pw, 0, ph), mode=mode)[0, 0].to(p.dtype)
+                for p in planes
+            ]
+        else:  # padded pixels are unannotated: weight 0 there
+            fills = [self.mask_fill, 0.0][: len(planes)]
+            planes = [F.pad(p, (0, pw, 0, ph), value=f) for p, f in zip(planes, fills, strict=True)]
+        return x, planes
 
     def center_crop(self, i: int) -> Pair:
         """The middle crop of image ``i`` (previews), neither flipped nor rotated."""
@@ -105,27 +141,31 @@ class CropSampler:
         crops = [self.center_crop(i) for i in range(min(n, len(self)))]
         return torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
 
-    def sample(self, generator: torch.Generator | None = None) -> Pair:
-        """One random crop of an image picked by weight, flipped and rotated with its mask."""
+    def sample(self, generator: torch.Generator | None = None) -> Crop:
+        """One random crop of an image picked by weight, flipped and rotated with its mask.
+
+        ``(image, mask)``, or ``(image, mask, weight)`` when the sampler has pixel weights.
+        """
         g = generator
         i = int(torch.multinomial(self.weights, 1, generator=g)) if len(self) > 1 else 0
-        x, y = self.padded(i)
+        x, planes = self._padded(i)
         s = self.crop_size
-        h, w = y.shape
+        h, w = planes[0].shape
         for _ in range(10 if self.prefer_annotated else 1):
             top = int(torch.randint(0, h - s + 1, (), generator=g))
             left = int(torch.randint(0, w - s + 1, (), generator=g))
-            yc = y[top : top + s, left : left + s]
+            yc = planes[0][top : top + s, left : left + s]
             if (yc >= 0).any():
                 break
-        x = x[:, top : top + s, left : left + s]
-        return flip_rotate(x, yc, self.flips, self.rot90, g)
+        crops = [x[:, top : top + s, left : left + s]]
+        crops += [p[top : top + s, left : left + s] for p in planes]
+        return tuple(flip_rotate_all(crops, self.flips, self.rot90, g))
 
-    def batch(self, n: int, generator: torch.Generator | None = None) -> Pair:
-        """``n`` random crops stacked: ``(n, C, s, s)`` images and ``(n, s, s)`` masks."""
+    def batch(self, n: int, generator: torch.Generator | None = None) -> Crop:
+        """``n`` random crops stacked: ``(n, C, s, s)`` images and ``(n, s, s)`` masks
+        (and ``(n, s, s)`` weights when the sampler has pixel weights)."""
         crops = [self.sample(generator) for _ in range(n)]
-        xs = torch.stack([c[0] for c in crops]).contiguous()
-        return xs, torch.stack([c[1] for c in crops]).contiguous()
+        return tuple(torch.stack([c[k] for c in crops]).contiguous() for k in range(len(crops[0])))
 
 
 def flip_rotate(
@@ -136,14 +176,27 @@ def flip_rotate(
     generator: torch.Generator | None = None,
 ) -> Pair:
     """The same random flips and 90-degree rotation (square crops only) of image and mask."""
+    x, y = flip_rotate_all([x, y], flips, rot90, generator)
+    return x, y
+
+
+def flip_rotate_all(
+    tensors: Sequence[torch.Tensor],
+    flips: bool = True,
+    rot90: bool = True,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """The same random flips and 90-degree rotation of several ``(..., H, W)`` tensors
+    (an image, its mask, its pixel weights); the draws are those of :func:`flip_rotate`."""
     g = generator
+    out = list(tensors)
     if flips:
         if torch.rand((), generator=g) < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
+            out = [t.flip(-1) for t in out]
         if torch.rand((), generator=g) < 0.5:
-            x, y = x.flip(-2), y.flip(-2)
-    if rot90 and x.shape[-1] == x.shape[-2]:
+            out = [t.flip(-2) for t in out]
+    if rot90 and out[0].shape[-1] == out[0].shape[-2]:
         k = int(torch.randint(0, 4, (), generator=g))
         if k:
-            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
-    return x, y
+            out = [torch.rot90(t, k, (-2, -1)) for t in out]
+    return out

@@ -92,13 +92,13 @@ def find_instances(
         raise ValueError(f"objects method must be one of {', '.join(INSTANCE_METHODS)}")
     names = [n.lower() for n in class_names]
     if method == "boundary":
-        b = _index(names, ("boundar", "contour"), default=2)
-        i = _index(names, ("interior", "object", "cell", "nucle"), default=1)
+        b = class_index(names, ("boundar", "contour"), default=2)
+        i = class_index(names, ("interior", "object", "cell", "nucle"), default=1)
         fg = class_labels(torch.from_numpy(p)) != 0
         seeds = _seeds(p[i] > seed_threshold, min_size)
         labels = watershed(p[b], seeds, mask=fg)
     elif method == "membrane":
-        m = _index(names, ("membrane",), default=1)
+        m = class_index(names, ("membrane",), default=1)
         interior = 1.0 - p[m]
         seeds = _seeds(interior > max(seed_threshold, 0.5), min_size)
         labels = watershed(p[m], seeds)
@@ -128,7 +128,8 @@ def instance_features(labels: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _index(names: list[str], keys: tuple[str, ...], default: int) -> int:
+def class_index(names: list[str], keys: tuple[str, ...], default: int) -> int:
+    """The first class whose (lower-case) name holds one of ``keys``, else ``default``."""
     for j, n in enumerate(names):
         if any(k in n for k in keys):
             return j

@@ -27,7 +27,7 @@ def score_segmenter(
     """Segment each pair's image with ``segment`` and score it against the pair's mask."""
     scores = SegmentationScores(num_classes)
     for p in pairs:
-        scores.update(segment(p.image, p._is_rgb()), p.mask)
+        scores.update(segment(p.image, p.is_rgb), p.mask)
     return scores
 
 

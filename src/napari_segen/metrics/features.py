@@ -24,15 +24,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..data.files import ImageFiles, pair_files_by_name
 from ..data.normalize import normalize_image, to_channels_first
 from ..models import build_model, default_model_path, load_model
 from ..models.model_file import LoadedModel, ModelSpec
 from ..utils.devices import resolve_device
 from .image_quality import dtype_data_range, iter_planes
 
-# ImageFiles and pair_files_by_name live in data.files; the CLI and the metrics widget
-# still import them from here.
 __all__ = [
     "INCEPTION_FILES",
     "INCEPTION_NAME",
@@ -40,7 +37,6 @@ __all__ = [
     "WEIGHTS_ENV",
     "FeatureExtractor",
     "FeatureWeightsError",
-    "ImageFiles",
     "InceptionFeatures",
     "UNetEncoderFeatures",
     "count_images",
@@ -49,10 +45,13 @@ __all__ = [
     "iter_features",
     "load_inception_state",
     "missing_weights_message",
-    "pair_files_by_name",
     "to_uint8_rgb",
 ]
 
+_NO_FIDELITY = (
+    "FID needs the torch-fidelity package (torchmetrics' Inception network): "
+    "pip install torch-fidelity"
+)
 INCEPTION_FILES = (
     "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity / torchmetrics
     "pt_inception-2015-12-05-6726825d.pth",  # pytorch-fid (same network, same keys)
@@ -218,10 +217,7 @@ class InceptionFeatures:
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
         except (ImportError, ModuleNotFoundError) as err:  # pragma: no cover - env dependent
-            raise ImportError(
-                "FID needs the torch-fidelity package (torchmetrics' Inception network): "
-                "pip install torch-fidelity"
-            ) from err
+            raise ImportError(_NO_FIDELITY) from err
         # torch-fidelity reads its weights with torch.load(weights_only=False); hand it a
         # buffer re-serialised from the tensors already loaded safely, never the user's file.
         buffer = io.BytesIO()
@@ -235,10 +231,7 @@ class InceptionFeatures:
                 antialias=antialias,
             )
         except ModuleNotFoundError as err:
-            raise ImportError(
-                "FID needs the torch-fidelity package (torchmetrics' Inception network): "
-                "pip install torch-fidelity"
-            ) from err
+            raise ImportError(_NO_FIDELITY) from err
         self.path = path
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()

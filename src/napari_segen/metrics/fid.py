@@ -14,14 +14,14 @@ space of a napari-segen U-Net encoder, labelled "feature distance".
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import linalg
 
-from ..utils.generators import Progress, drive
+from ..utils.generators import Progress, drive, map_events
 from .features import (
     FeatureExtractor,
     InceptionFeatures,
@@ -245,6 +245,16 @@ def _size_warnings(n_real: int, n_fake: int, dim: int, is_inception: bool) -> li
     return out
 
 
+def _features_progress(offset: int, total: int, label: str) -> Callable[[int], Progress]:
+    """Images done in one set -> progress over both sets (a ``total`` of 0, unknown, grows)."""
+
+    def progress(done: int) -> Progress:
+        step = offset + done
+        return Progress(step, max(total, step), f"features of {done} {label} image(s)")
+
+    return progress
+
+
 def iter_set_distance(
     reals: Iterable[Any],
     fakes: Iterable[Any],
@@ -286,15 +296,8 @@ def iter_set_distance(
     feats = []
     done_before = 0
     for label, images in (("real", reals), ("synthetic", fakes)):
-        gen = iter_features(images, ext, batch_size)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                feats.append(stop.value)
-                break
-            step = done_before + done
-            yield Progress(step, max(total, step), f"features of {done} {label} image(s)")
+        progress = _features_progress(done_before, total, label)
+        feats.append((yield from map_events(iter_features(images, ext, batch_size), progress)))
         done_before += len(feats[-1])
     f_real, f_fake = feats
     n_real, n_fake = len(f_real), len(f_fake)
@@ -339,18 +342,10 @@ def iter_set_distance(
     return result
 
 
-def set_distance(
-    reals: Iterable[Any],
-    fakes: Iterable[Any],
-    *,
-    weights: str | os.PathLike | None = None,
-    extractor: Any = None,
-    device: str = "auto",
-    batch_size: int = 32,
-    kid_subset_size: int | None = None,
-    data_range: float | tuple[float, float] | None = None,
-) -> dict[str, Any]:
+def set_distance(reals: Iterable[Any], fakes: Iterable[Any], **kwargs: Any) -> dict[str, Any]:
     """FID and KID between a real and a synthetic image set (or a labelled feature distance).
+
+    Runs :func:`iter_set_distance` to the end.
 
     Args:
         reals, fakes: iterables of images (``(H, W)`` or ``(H, W, C)``, any dtype; stacks
@@ -381,31 +376,4 @@ def set_distance(
         ValueError: unreadable images, an empty set, or a weights file that is not the
             FID Inception-v3.
     """
-    gen = iter_set_distance(
-        reals,
-        fakes,
-        weights=weights,
-        extractor=extractor,
-        device=device,
-        batch_size=batch_size,
-        kid_subset_size=kid_subset_size,
-        data_range=data_range,
-    )
-    return drive(gen)
-
-
-def format_distance(result: dict[str, Any]) -> list[str]:
-    """Human-readable lines for a :func:`set_distance` result."""
-    lines = []
-    if result.get("fid") is not None:
-        lines.append(f"FID  {result['fid']:.4f}")
-        if result.get("kid_mean") is not None:
-            lines.append(f"KID  {result['kid_mean']:.6f} +/- {result['kid_std']:.6f}")
-    elif result.get("feature_distance") is not None:
-        lines.append(f"{result['feature']}: Frechet {result['feature_distance']:.4f}")
-        if result.get("feature_kid_mean") is not None:
-            lines.append(
-                f"{result['feature']}: kernel MMD {result['feature_kid_mean']:.6f} "
-                f"+/- {result['feature_kid_std']:.6f}"
-            )
-    return lines
+    return drive(iter_set_distance(reals, fakes, **kwargs))

@@ -8,8 +8,18 @@ do not depend on library defaults:
   scored per channel and averaged.
 * PSNR is ``10 * log10(R**2 / MSE)``.
 
-``R``, the data range, is the dtype's range for integer images (255 for 8-bit,
-65535 for 16-bit) and must be given for float images.
+``R``, the data range, is (:func:`data_range_of`, the one rule for the CLI, the
+widgets and the synthesis readout):
+
+* as given, when given (``"given"``);
+* for integer images, the dtype's range (255 for 8-bit, 65535 for 16-bit;
+  ``"dtype"``), unless both images use less than :data:`OBSERVED_FRACTION` of
+  it (e.g. values 0-235 stored as uint16): then the range found in the pair,
+  max - min over both images (``"observed"``), so SSIM is not silently near 1;
+* float images have none: it must be given.
+
+Results state the R used (``data_range``, ``data_range_source``) and say so
+in ``data_range_note`` when it was found in the data.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ SSIM_HELP = (
     "SSIM (structural similarity, 1 = identical, 0 = unrelated) compares local means, "
     "contrasts and correlations of two images of the same scene. Variant: Wang et al. 2004 "
     "- 11x11 Gaussian window, sigma 1.5, population covariance, K1=0.01, K2=0.03, data range "
-    "R = the dtype's range for integer images (255 for 8-bit, 65535 for 16-bit) or as given for "
-    "float images; colour images are averaged over channels. Computed with "
+    "R = the dtype's range for integer images (255 for 8-bit, 65535 for 16-bit) - unless both "
+    "images use less than 1/8 of it (e.g. 0-235 stored as 16-bit): then the range found in the "
+    "pair (max - min), stated with the result - or as given (required for float images); "
+    "colour images are averaged over channels. Computed with "
     "skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, "
     "use_sample_covariance=False). Other tools give other numbers: skimage's default is a 7x7 "
     "uniform window with sample covariance, torchmetrics infers R from the data unless told, "
@@ -36,8 +48,9 @@ SSIM_HELP = (
 )
 PSNR_HELP = (
     "PSNR (peak signal-to-noise ratio, in dB, higher is better, infinite for identical "
-    "images) = 10*log10(R^2 / MSE) with R the data range (the dtype's range for integer "
-    "images, as given for float images). Each pair is scored on its own; the set value is "
+    "images) = 10*log10(R^2 / MSE) with R the data range (as for SSIM: the dtype's range for "
+    "integer images, or the range found in the pair when they use less than 1/8 of it; as "
+    "given for float images). Each pair is scored on its own; the set value is "
     "the mean over pairs (not the PSNR of the pooled MSE)."
 )
 
@@ -56,8 +69,23 @@ def dtype_data_range(dtype: np.dtype) -> float:
     )
 
 
+#: Integer images whose values all lie within this share of the dtype's range (largest
+#: magnitude below ``OBSERVED_FRACTION * dtype max``) are scored on the range found in them.
+OBSERVED_FRACTION = 1 / 8
+
+
 def resolve_data_range(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
-    """The data range to score ``a`` against ``b``: as given, else the common integer dtype's range.
+    """The data range R to score ``a`` against ``b`` (see :func:`data_range_of`)."""
+    return data_range_of(a, b, data_range)[0]
+
+
+def data_range_of(
+    a: np.ndarray, b: np.ndarray, data_range: float | None = None
+) -> tuple[float, str]:
+    """``(R, source)`` to score ``a`` against ``b``; source: ``given``, ``dtype`` or ``observed``.
+
+    As given; else the common integer dtype's range, unless both images use less
+    than :data:`OBSERVED_FRACTION` of it: then max - min over both images.
 
     Raises:
         ValueError: for float images without ``data_range``, for integer images of
@@ -67,7 +95,7 @@ def resolve_data_range(a: np.ndarray, b: np.ndarray, data_range: float | None = 
         r = float(data_range)
         if not math.isfinite(r) or r <= 0:
             raise ValueError(f"the data range must be a positive number, got {data_range!r}")
-        return r
+        return r, "given"
     for x in (a, b):
         if not (np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
             raise ValueError(
@@ -79,7 +107,14 @@ def resolve_data_range(a: np.ndarray, b: np.ndarray, data_range: float | None = 
             f"the images have different dtypes ({a.dtype} and {b.dtype}), so their ranges differ: "
             "convert them to one dtype or give the data range explicitly"
         )
-    return dtype_data_range(a.dtype)
+    full = dtype_data_range(a.dtype)
+    if a.dtype == bool or not a.size:
+        return full, "dtype"
+    lo = float(min(a.min(), b.min()))
+    hi = float(max(a.max(), b.max()))
+    if hi > lo and max(abs(lo), abs(hi)) < OBSERVED_FRACTION * float(np.iinfo(a.dtype).max):
+        return hi - lo, "observed"
+    return full, "dtype"
 
 
 def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -210,6 +245,7 @@ def iter_paired_quality(
         total = len(reals) if hasattr(reals, "__len__") else 0  # type: ignore[arg-type]
     ssims: list[float] = []
     psnrs: list[float] = []
+    ranges: list[tuple[float, str, np.dtype, float]] = []
     real_it, fake_it = iter(reals), iter(fakes)
     done = 0
     while True:
@@ -231,15 +267,45 @@ def iter_paired_quality(
             )
         for a, b in zip(real_planes, fake_planes, strict=True):
             try:
-                ssims.append(ssim(a, b, data_range))
-                psnrs.append(psnr(a, b, data_range))
+                a, b, _ = _check_pair(a, b)
+                r, source = data_range_of(a, b, data_range)
+                ssims.append(ssim(a, b, r))
+                psnrs.append(psnr(a, b, r))
             except ValueError as err:
                 raise ValueError(f"pair {done + 1}: {err}") from err
+            peak = float(max(np.abs(a).max(), np.abs(b).max())) if source == "observed" else 0.0
+            ranges.append((r, source, a.dtype, peak))
         done += 1
         yield Progress(done, max(total, done), f"scored {done} pair(s)")
     if not ssims:
         raise ValueError("no image pairs to score: give at least one real and one synthetic image")
-    return {"ssim": summarize(ssims), "psnr": summarize(psnrs)}
+    return {"ssim": summarize(ssims), "psnr": summarize(psnrs), **describe_ranges(ranges)}
+
+
+def describe_ranges(ranges: list[tuple[float, str, np.dtype, float]]) -> dict[str, Any]:
+    """``data_range``, ``data_range_source`` (and ``data_range_note``) of the pairs' ``(R,
+    source, dtype, peak)``: one R, or ``{"min", "max"}`` when pairs differ; source
+    ``"mixed"`` when they differ in it too."""
+    values = sorted({r for r, *_ in ranges})
+    sources = sorted({src for _, src, *_ in ranges})
+    out: dict[str, Any] = {
+        "data_range": values[0] if len(values) == 1 else {"min": values[0], "max": values[-1]},
+        "data_range_source": sources[0] if len(sources) == 1 else "mixed",
+    }
+    observed = [(r, dt, peak) for r, src, dt, peak in ranges if src == "observed"]
+    if observed:
+        dtype = observed[0][1]
+        full = dtype_data_range(dtype)
+        peak = max(p for _, _, p in observed)
+        found = sorted({r for r, _, _ in observed})
+        r_text = f"{found[0]:g}" if len(found) == 1 else f"{found[0]:g} to {found[-1]:g}"
+        each = "the pair" if len(ranges) == 1 else "each pair"
+        out["data_range_note"] = (
+            f"{len(observed)} of {len(ranges)} pair(s) use a small part of the {dtype} range "
+            f"(largest value {peak:g} of {full:g}): SSIM and PSNR use the range found in {each} "
+            f"(max - min, R = {r_text}), not {full:g}; give a data range to choose another"
+        )
+    return out
 
 
 def paired_quality(

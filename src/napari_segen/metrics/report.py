@@ -1,4 +1,4 @@
-"""The one way an image-quality result (SSIM, PSNR, FID, KID) is put into words.
+"""The one way a quality result (SSIM, PSNR, FID, KID; object and EM scores) is put into words.
 
 A quality dict comes from :func:`~napari_segen.metrics.image_quality.paired_quality`,
 :func:`~napari_segen.metrics.fid.set_distance`, both merged, or
@@ -6,7 +6,9 @@ A quality dict comes from :func:`~napari_segen.metrics.image_quality.paired_qual
 turns it into four labelled readouts (the widgets' readout shows them one per
 line, with the full explanation as tooltip), :func:`quality_notes` into the
 remarks under them, and :func:`format_quality_report` into text for the CLI.
-No Qt, no napari.
+Object scores (:mod:`napari_segen.metrics.instance`: ``ap@0.5``, ``ap@0.75``,
+object counts, ``rand_error``, ``voi``...) become rows through :func:`object_rows`,
+in the same report. No Qt, no napari.
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ FID_SHORT = "sets: distance of Inception feature statistics, 0 = same distributi
 KID_SHORT = "sets: unbiased kernel distance on the same features, fairer for small sets"
 FEATURE_SHORT = "not FID: FID's formula on other features; compare only with the same extractor"
 FEATURE_MMD_SHORT = "kernel MMD (KID's formula) on the same features; not KID"
+AP_SHORT = "objects: matched one to one at IoU >= {t}; TP / (TP + FP + FN), 1 = all found"
+AP_HELP = (
+    "Average precision as the 2018 Data Science Bowl and cellpose report it: predicted and "
+    "true objects are matched one to one (Hungarian matching on IoU, pairs below the IoU "
+    "threshold not allowed); AP = TP / (TP + FP + FN). 1 = every object found with no extra "
+    "ones; 0.5 is the usual threshold, 0.75 asks for tight outlines."
+)
+COUNT_SHORT = "objects in the ground truth and in the prediction"
+RAND_SHORT = "adapted Rand error (ISBI 2012): 0 = the same cells, lower = better"
+RAND_HELP = (
+    "Adapted Rand error = 1 - F-score of the Rand index over pairs of pixels in the same / "
+    "different regions, as in the ISBI 2012 challenge and the U-Net paper (skimage.metrics."
+    "adapted_rand_error). Ground-truth label 0 (membrane, background) is ignored."
+)
+VOI_SHORT = "variation of information in bits: split = over-, merge = under-segmentation"
+VOI_HELP = (
+    "Variation of information (Meila 2003) = H(truth | prediction) + H(prediction | truth): "
+    "the split part grows when true objects are cut apart, the merge part when they are "
+    "merged (skimage.metrics.variation_of_information). Ground-truth label 0 is ignored. "
+    "0 = identical; lower is better."
+)
 
 #: The value of a readout the result does not hold.
 MISSING = "-"
@@ -88,10 +111,48 @@ def quality_rows(q: dict[str, Any] | None) -> list[QualityRow]:
     return [*rows, fid, kid]
 
 
+def _number(v: Any, digits: int) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(v) else MISSING
+
+
+def object_rows(q: dict[str, Any] | None) -> list[QualityRow]:
+    """AP@0.5, AP@0.75, object counts, Rand error and VOI readouts: those ``q`` holds."""
+    q = q or {}
+    rows: list[QualityRow] = []
+    for key in sorted(k for k in q if k.startswith("ap@")):
+        t = key[3:]
+        counts = ""
+        if f"tp@{t}" in q:
+            counts = f"  (TP {q[f'tp@{t}']}, FP {q[f'fp@{t}']}, FN {q[f'fn@{t}']})"
+        value = _number(q[key], 3)
+        rows.append(
+            QualityRow(key, f"AP@{t}", value + counts * (value != MISSING),
+                       AP_SHORT.format(t=t), AP_HELP)
+        )  # fmt: skip
+    if "objects_true" in q:
+        value = f"{q['objects_true']} true, {q.get('objects_predicted', 0)} predicted"
+        rows.append(QualityRow("objects", "Objects", value, COUNT_SHORT, AP_HELP))
+    if "rand_error" in q:
+        rows.append(
+            QualityRow("rand_error", "Rand error", _number(q["rand_error"], 4), RAND_SHORT,
+                       RAND_HELP)
+        )  # fmt: skip
+    if "voi" in q:
+        value = _number(q["voi"], 3)
+        if value != MISSING and "voi_split" in q:
+            value += f"  (split {q['voi_split']:.3f}, merge {q['voi_merge']:.3f})"
+        rows.append(QualityRow("voi", "VOI", value, VOI_SHORT, VOI_HELP))
+    return rows
+
+
 def quality_notes(q: dict[str, Any] | None) -> list[str]:
-    """Remarks under the readouts: the set sizes, warnings, and why FID is missing."""
+    """Remarks under the readouts: the data range found, the set sizes, warnings, why FID is
+    missing, and how the objects were read."""
     q = q or {}
     notes: list[str] = []
+    if q.get("data_range_note"):
+        notes.append(str(q["data_range_note"]))
+    notes.extend(str(n) for n in q.get("object_notes") or [])
     if q.get("n_real") is not None and "fid" in q:
         notes.append(f"sets: {q['n_real']} real, {q['n_fake']} synthetic")
     notes.extend(str(w) for w in q.get("warnings") or [])
@@ -102,10 +163,11 @@ def quality_notes(q: dict[str, Any] | None) -> list[str]:
 
 def format_quality_report(q: dict[str, Any] | None) -> str:
     """The readouts ``q`` holds, one per line with their meaning, then the notes."""
-    rows = [r for r in quality_rows(q) if r.value != MISSING]
+    rows = [r for r in [*quality_rows(q), *object_rows(q)] if r.value != MISSING]
     if not rows:
         return (q or {}).get("message", "no quality figures")
     width = max(len(r.label) for r in rows)
     lines = [f"{r.label:<{width}}  {r.value}   ({r.note})" for r in rows]
-    lines.extend(f"note: {n}" for n in quality_notes(q))
+    warning = (q or {}).get("data_range_note")
+    lines.extend(f"{'warning' if n == warning else 'note'}: {n}" for n in quality_notes(q))
     return "\n".join(lines)

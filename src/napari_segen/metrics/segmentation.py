@@ -6,15 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# re-exported: IGNORE_INDEX was defined here before it moved to data.conventions
-from ..data.conventions import IGNORE_INDEX  # noqa: F401
-
 
 @dataclass
 class SegmentationScores:
     """Scores accumulated over any number of (prediction, target) pairs.
 
-    Pixels whose target is :data:`IGNORE_INDEX` (unannotated) are not counted.
+    Pixels whose target is not a class (unannotated:
+    :data:`~napari_segen.data.conventions.IGNORE_INDEX`) are not counted.
     """
 
     num_classes: int

@@ -5,20 +5,19 @@ No Qt, no napari.
 
 from .generate import (
     ExportResult,
-    Progress,
     export_pairs,
     generate_image,
     generate_tensor,
     iter_export_pairs,
     iter_generate,
     load_generator,
+    seeded_series,
 )
 from .masks import MaskTransformConfig, iter_random_masks, random_mask_transform
-from .trainer import SynthConfig, SynthEvent, SynthResult, resume_state_path, train_pix2pix
+from .trainer import SynthConfig, SynthEvent, SynthResult, train_pix2pix
 
 __all__ = [
     "ExportResult",
-    "Progress",
     "MaskTransformConfig",
     "SynthConfig",
     "SynthEvent",
@@ -31,6 +30,6 @@ __all__ = [
     "iter_random_masks",
     "load_generator",
     "random_mask_transform",
-    "resume_state_path",
+    "seeded_series",
     "train_pix2pix",
 ]

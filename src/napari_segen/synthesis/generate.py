@@ -13,20 +13,27 @@ reads directly.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import torch
 from PIL import Image
 
-from ..data.image_io import write_labels
+from ..data.image_io import MAX_PIXELS_ENV, max_pixels, write_labels
 from ..inference.sliding_window import sliding_window
 from ..inference.tiling import round_up
 from ..models.model_file import LoadedModel, ModelFileError, load_model
-from ..utils.atomic import OverwriteError, atomic_path
+from ..utils.atomic import (
+    atomic_path,
+    confined_path,
+    ensure_writable_dir,
+    plan_outputs,
+    safe_name,
+)
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive
 from .masks import MaskTransformConfig, iter_random_masks
@@ -177,79 +184,143 @@ def to_output_image(chw: torch.Tensor, model: LoadedModel) -> np.ndarray:
     return vals.astype(dtype)
 
 
-def generate_image(
+def seeded_series(
     model: LoadedModel,
-    labels: np.ndarray,
     *,
     device: str | torch.device = "auto",
-    tile_size: int | None = None,
-    stochastic: bool = False,
     seed: int | None = None,
-) -> np.ndarray:
-    """An image for a 2D label map, in the training images' dtype; see :func:`generate_tensor`."""
-    chw = generate_tensor(
-        model, labels, device=device, tile_size=tile_size, stochastic=stochastic, seed=seed
-    )
-    return to_output_image(chw, model)
+    **kwargs: Any,
+) -> Callable[[int, np.ndarray], torch.Tensor]:
+    """:func:`generate_tensor` for the label maps of a series: ``generate_nth(i, labels)``.
+
+    Map ``i`` is generated with the seed ``seed + i`` (None: unseeded), so a
+    seeded series repeats image for image; ``device`` is resolved once and
+    ``kwargs`` (``tile_size``, ``stochastic``, ``overlap``, ``halo``) are the same
+    for every map.
+    """
+    dev = resolve_device(device)
+
+    def generate_nth(i: int, labels: np.ndarray) -> torch.Tensor:
+        nth_seed = None if seed is None else seed + i
+        return generate_tensor(model, labels, device=dev, seed=nth_seed, **kwargs)
+
+    return generate_nth
+
+
+def generate_image(model: LoadedModel, labels: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """An image for a 2D label map, in the training images' dtype.
+
+    ``kwargs`` are :func:`generate_tensor`'s (``device``, ``tile_size``,
+    ``stochastic``, ``seed``...).
+    """
+    return to_output_image(generate_tensor(model, labels, **kwargs), model)
 
 
 def iter_generate(
-    model: LoadedModel,
-    labels: np.ndarray | Sequence[np.ndarray],
-    *,
-    device: str | torch.device = "auto",
-    tile_size: int | None = None,
-    stochastic: bool = False,
-    seed: int | None = None,
+    model: LoadedModel, labels: np.ndarray | Sequence[np.ndarray], **kwargs: Any
 ) -> Generator[Progress, None, np.ndarray | list[np.ndarray]]:
     """Generate for a label map, a ``(Z, H, W)`` stack or a list of maps, one progress event each.
 
-    Returns an array (a 2D map gives one image, a stack a stack) or, for a list, a list.
+    Returns an array (a 2D map gives one image, a stack a stack) or, for a list, a
+    list. ``kwargs`` are :func:`seeded_series`' (``device``, ``seed``: map ``i``
+    gets ``seed + i``, ``tile_size``, ``stochastic``...).
     """
     is_list = isinstance(labels, list | tuple)
     arr = labels if is_list else np.asarray(labels)
     if not is_list and arr.ndim not in (2, 3):
         raise ValueError(f"expected a 2D label map or a (Z, H, W) stack, got shape {arr.shape}")
     maps = list(arr) if is_list or arr.ndim == 3 else [arr]
-    dev = resolve_device(device)
+    generate_nth = seeded_series(model, **kwargs)
     out = []
     for i, lab in enumerate(maps):
-        out.append(
-            generate_image(
-                model,
-                lab,
-                device=dev,
-                tile_size=tile_size,
-                stochastic=stochastic,
-                seed=None if seed is None else seed + i,
-            )
-        )
+        out.append(to_output_image(generate_nth(i, lab), model))
         yield Progress(i + 1, len(maps), f"generated image {i + 1} of {len(maps)}")
     if is_list:
         return out
     return np.stack(out) if arr.ndim == 3 else out[0]
 
 
+def image_suffix(dtype: np.dtype | str, ndim: int, *, stack: bool = False) -> str:
+    """The file type :func:`write_image` gives an image: ``.png`` for 8-bit ones and 2D
+    16-bit ones, ``.tif`` for the rest and for every ``stack`` (a PNG holds one plane)."""
+    dtype = np.dtype(dtype)
+    if stack:
+        return ".tif"
+    return ".png" if dtype == np.uint8 or (dtype == np.uint16 and ndim == 2) else ".tif"
+
+
+def generated_suffix(model: LoadedModel, stack: bool = False) -> str:
+    """The file type of the image generated for a label map (``stack``: a ``(Z, H, W)`` one)."""
+    return ".tif" if stack else _image_suffix(model)
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
     """Write an image atomically: PNG for 8/16-bit gray and 8-bit RGB, TIFF otherwise."""
     path = Path(path)
     image = np.asarray(image)
-    png_ok = image.dtype == np.uint8 or (image.dtype == np.uint16 and image.ndim == 2)
-    if path.suffix.lower() == ".png" and not png_ok:
+    stack = image.ndim > 3 or (image.ndim == 3 and image.shape[-1] not in (3, 4))
+    if (
+        path.suffix.lower() == ".png"
+        and image_suffix(image.dtype, image.ndim, stack=stack) != ".png"
+    ):
         raise ValueError(f"{image.dtype} images of shape {image.shape} are saved as .tif, not .png")
     with atomic_path(path, overwrite) as tmp:
         if path.suffix.lower() == ".png":
             Image.fromarray(image).save(tmp, format="PNG")
         else:
-            tifffile.imwrite(tmp, image, compression="zlib")
+            colour = not stack and image.ndim >= 3
+            tifffile.imwrite(
+                tmp, image, compression="zlib", photometric="rgb" if colour else "minisblack"
+            )
     return path
 
 
 def _image_suffix(model: LoadedModel) -> str:
-    dtype = np.dtype(model.spec.normalization.get("output_dtype", "float32"))
-    if dtype == np.uint8 or (dtype == np.uint16 and model.spec.in_channels == 1):
-        return ".png"
-    return ".tif"
+    """The suffix of the generator's images: gray ones are 2D, colour ones ``(H, W, 3)``."""
+    dtype = model.spec.normalization.get("output_dtype", "float32")
+    return image_suffix(dtype, 2 if model.spec.in_channels == 1 else 3)
+
+
+#: Most pairs one export writes.
+MAX_EXPORT_PAIRS = 1_000_000
+
+
+def plan_export(
+    out_dir: str | os.PathLike, n: int, suffix: str, prefix: str = "synth", overwrite: bool = False
+) -> list[tuple[Path, Path]]:
+    """The ``(image, mask)`` paths of ``n`` exported pairs, checked before the first write.
+
+    ``prefix`` must be a plain name (no folders, no ``..``: outputs stay in
+    ``out_dir/images`` and ``out_dir/masks``); no file may exist unless ``overwrite``.
+    """
+    if not 1 <= n <= MAX_EXPORT_PAIRS:
+        raise ValueError(f"the number of pairs must be from 1 to {MAX_EXPORT_PAIRS:,}, got {n}")
+    safe_name(prefix, "the prefix")
+    out_dir = Path(out_dir)
+    width = max(4, len(str(n - 1)))
+    names = [f"{prefix}_{i:0{width}d}" for i in range(n)]
+    targets = [
+        (
+            confined_path(out_dir / "images", f"{s}{suffix}"),
+            confined_path(out_dir / "masks", f"{s}.png"),
+        )
+        for s in names
+    ]
+    plan_outputs([p for pair in targets for p in pair], overwrite=overwrite)
+    return targets
+
+
+def check_export_size(shape: Sequence[int]) -> None:
+    """Refuse a mask size above the pixel limit (:func:`~napari_segen.data.image_io.max_pixels`)."""
+    if len(shape) != 2 or any(int(v) < 1 for v in shape):
+        raise ValueError(f"the size of new masks is two positive numbers (H W), got {shape}")
+    pixels = int(shape[0]) * int(shape[1])
+    if pixels > max_pixels():
+        raise ValueError(
+            f"masks of {shape[0]} x {shape[1]} are {pixels:,} pixels, more than the "
+            f"{max_pixels():,} napari-segen makes; choose a smaller size (or raise the limit with "
+            f"{MAX_PIXELS_ENV}={pixels})"
+        )
 
 
 def iter_export_pairs(
@@ -278,7 +349,9 @@ def iter_export_pairs(
     when any of them exists, unless ``overwrite`` is True.
     """
     check_generator(model)
-    dev = resolve_device(device)
+    generate_nth = seeded_series(
+        model, device=device, seed=seed, tile_size=tile_size, stochastic=stochastic
+    )
     if n < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {n}")
     if not masks:
@@ -293,27 +366,14 @@ def iter_export_pairs(
         srcs.append(np.where(_label_array(m, model.module.num_classes) < 0, 0, m).astype(np.int64))
     out_dir = Path(out_dir)
     images_dir, masks_dir = out_dir / "images", out_dir / "masks"
-    suffix = _image_suffix(model)
-    width = max(4, len(str(n - 1)))
-    names = [f"{prefix}_{i:0{width}d}" for i in range(n)]
-    targets = [(images_dir / f"{s}{suffix}", masks_dir / f"{s}.png") for s in names]
-    if not overwrite:
-        existing = [p for pair in targets for p in pair if p.exists()]
-        if existing:
-            raise OverwriteError(
-                f"{existing[0]} already exists ({len(existing)} file(s) in the way); choose "
-                "another folder or prefix, or allow overwriting"
-            )
+    targets = plan_export(out_dir, n, _image_suffix(model), prefix, overwrite)
+    if out_shape is not None:
+        check_export_size(out_shape)
+    ensure_writable_dir(images_dir)
+    ensure_writable_dir(masks_dir)
     result = ExportResult(out_dir, images_dir, masks_dir)
     for i, (src, mask) in enumerate(iter_random_masks(srcs, n, transform, seed, out_shape)):
-        image = generate_image(
-            model,
-            mask,
-            device=dev,
-            tile_size=tile_size,
-            stochastic=stochastic,
-            seed=None if seed is None else seed + i,
-        )
+        image = to_output_image(generate_nth(i, mask), model)
         img_path, mask_path = targets[i]
         write_image(img_path, image, overwrite=overwrite)
         write_labels(mask_path, mask, overwrite=overwrite)

@@ -1,10 +1,15 @@
 """How realistic a generator's images are: SSIM/PSNR against the real images of the same
 masks, FID/KID between the generated and real sets.
 
-The metrics themselves live in :mod:`napari_segen.metrics` (imported lazily);
-this module only generates the images and compares them on one intensity
-scale: both real and generated images are mapped to [0, 1] with the
-generator's own normalisation.
+The metrics themselves live in :mod:`napari_segen.metrics` (imported lazily).
+SSIM and PSNR score the images as a user has them, so ``synth evaluate``, the
+Synthesize widget and ``napari-segen metrics`` on the written files give one
+number for one pair: the real image as read, the generated one in the training
+images' dtype and range (what ``synth generate`` writes), the data range by
+:func:`~napari_segen.metrics.image_quality.data_range_of`. (They used to score
+both on the generator's [0, 1] scale - the real image percentile-clipped - which
+gave another SSIM than ``metrics`` on the same files.) FID/KID compare the sets
+on the generator's [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import numpy as np
 import torch
 
 from ..data.datasets import LabeledImage
-from ..data.layout import is_rgb_shape
 from ..data.normalize import normalize_image, to_channels_first
 from ..models.model_file import LoadedModel
 from ..utils.devices import resolve_device
-from .generate import generate_tensor, to_unit
+from .generate import seeded_series, to_output_image, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +45,12 @@ def image_quality(
     data_range: float | None = 1.0,
     device: str | torch.device = "auto",
     extractor: Any = None,
+    paired: tuple[Sequence[np.ndarray], Sequence[np.ndarray], float | None] | None = None,
 ) -> dict[str, Any]:
     """SSIM, PSNR (paired) and FID/KID (sets) of ``fakes`` against ``reals``.
+
+    ``paired``: ``(reals, fakes, data_range)`` to score SSIM/PSNR on instead
+    (the images as stored, see the module docstring).
 
     Returns a flat dict: ``ssim`` and ``psnr`` (each ``{"mean", "std", "n"}``),
     the set-distance fields (``fid``, ``kid_mean``, ``kid_std``, ``feature``...)
@@ -54,7 +62,8 @@ def image_quality(
         from ..metrics.image_quality import paired_quality
     except ImportError as err:
         return {"message": f"image-quality metrics are not available ({err})"}
-    out: dict[str, Any] = dict(paired_quality(reals, fakes, data_range=data_range))
+    a, b, r = paired if paired is not None else (reals, fakes, data_range)
+    out: dict[str, Any] = dict(paired_quality(a, b, data_range=r))
     out["n_images"] = len(reals)
     messages = []
     if fid:
@@ -93,38 +102,49 @@ def evaluate_generator(
     if not pairs:
         raise ValueError("no image/mask pairs to evaluate the generator on")
     dev = resolve_device(device)
-    reals, fakes = [], []
+    generate_nth = seeded_series(
+        model, device=dev, seed=seed, stochastic=stochastic, tile_size=tile_size
+    )
+    reals, fakes, stored_reals, stored_fakes = [], [], [], []
     for i, p in enumerate(pairs):
-        mask = np.where(np.asarray(p.mask) < 0, 0, p.mask)
-        fake = generate_tensor(
-            model,
-            mask,
-            device=dev,
-            stochastic=stochastic,
-            tile_size=tile_size,
-            seed=None if seed is None else seed + i,
-        )
+        fake = generate_nth(i, np.where(np.asarray(p.mask) < 0, 0, p.mask))
         fakes.append(to_unit(fake))
-        reals.append(real_to_unit(p.image, model, rgb=is_rgb_shape(p.image.shape, p.rgb)))
-    return image_quality(reals, fakes, fid=fid, device=dev, extractor=extractor)
+        reals.append(real_to_unit(p.image, model, rgb=p.is_rgb))
+        stored_fakes.append(to_output_image(fake, model))
+        stored_reals.append(real_as_stored(p.image, model, rgb=p.is_rgb))
+    paired = stored_pairs(stored_reals, stored_fakes, reals, fakes, model)
+    return image_quality(reals, fakes, fid=fid, device=dev, extractor=extractor, paired=paired)
 
 
-def format_quality(q: dict[str, Any]) -> str:
-    """A few lines for people: SSIM, PSNR, then FID/KID or the labelled feature distance."""
-    if "ssim" not in q:
-        return q.get("message", "no quality figures")
-    s, p = q["ssim"], q["psnr"]
-    lines = [
-        f"SSIM  {s['mean']:.4f} +/- {s['std']:.4f}  (n={s['n']}, 1 = identical)",
-        f"PSNR  {p['mean']:.2f} +/- {p['std']:.2f} dB  (higher is closer)",
-    ]
-    if q.get("fid") is not None:
-        lines.append(f"FID   {q['fid']:.2f}  (lower is better)")
-        if q.get("kid_mean") is not None:
-            lines.append(f"KID   {q['kid_mean']:.4f} +/- {q['kid_std']:.4f}")
-    elif q.get("feature_distance") is not None:
-        lines.append(f"{q.get('feature', 'feature distance')}: {q['feature_distance']:.4f}")
-        lines.append("      (not FID: comparable only with runs using the same features)")
-    for w in q.get("warnings", []) or []:
-        lines.append(f"note: {w}")
-    return "\n".join(lines)
+def real_as_stored(image: np.ndarray, model: LoadedModel, rgb: bool | None = None) -> np.ndarray:
+    """The real image in its own dtype, gray or colour as the generator makes them."""
+    x = np.asarray(image)
+    colour = x.ndim == 3
+    if colour == (model.spec.in_channels == 3):
+        return x[..., :3] if colour else x
+    chw = to_channels_first(x, model.spec.in_channels, rgb=rgb)  # luminance, or gray repeated
+    out = chw[0] if chw.shape[0] == 1 else np.moveaxis(chw, 0, -1)
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(x.dtype)
+    return out.astype(x.dtype)
+
+
+def stored_pairs(
+    stored_reals: list[np.ndarray],
+    stored_fakes: list[np.ndarray],
+    unit_reals: list[np.ndarray],
+    unit_fakes: list[np.ndarray],
+    model: LoadedModel,
+) -> tuple[list[np.ndarray], list[np.ndarray], float | None]:
+    """What SSIM/PSNR score: the stored images with the shared data-range rule (None), float
+    ones with the generator's intensity range as R; the [0, 1] images (R = 1) when the real
+    images' dtype is not the generator's."""
+    dtypes = {a.dtype for a in stored_reals} | {b.dtype for b in stored_fakes}
+    if len(dtypes) != 1:
+        return unit_reals, unit_fakes, 1.0
+    if np.issubdtype(dtypes.pop(), np.integer):
+        return stored_reals, stored_fakes, None
+    norm = model.spec.normalization
+    span = float(norm.get("max", 1.0)) - float(norm.get("min", 0.0))
+    return stored_reals, stored_fakes, span if span > 0 else 1.0

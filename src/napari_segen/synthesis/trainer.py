@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.datasets import LabeledImage
+from ..data.datasets import LabeledImage, image_channels
 from ..data.normalize import normalize_image, to_channels_first
 from ..data.sampler import CropSampler, seeded_generator
 from ..models.model_file import LoadedModel, ModelSpec
 from ..models.registry import build_model
-from ..training.checkpoint import Checkpoint, check_spec_fits, last_checkpoint_path, load_checkpoint
-from ..training.run import TrainingRun, base_provenance
+from ..training.checkpoint import Checkpoint, check_spec_fits
+from ..training.run import StepProgress, TrainingRun, base_provenance
 from ..utils.atomic import atomic_path
 from ..utils.jsonsafe import json_safe
 
@@ -51,8 +51,6 @@ __all__ = [
     "SynthEvent",
     "SynthResult",
     "default_samples_dir",
-    "json_safe",  # the one sanitizer lives in utils.jsonsafe; importable here for callers
-    "resume_state_path",
     "train_pix2pix",
 ]
 
@@ -145,7 +143,7 @@ class SynthConfig:
 
 
 @dataclass
-class SynthEvent:
+class SynthEvent(StepProgress):
     """Progress of a pix2pix run.
 
     ``kind`` is ``"step"`` (after each step, with ``losses``), ``"sample"`` (a
@@ -163,14 +161,6 @@ class SynthEvent:
     path: str | None = None
     image: np.ndarray | None = None
     message: str = ""
-
-    @property
-    def done(self) -> int:
-        return self.step
-
-    @property
-    def total(self) -> int:
-        return self.total_steps
 
 
 @dataclass
@@ -196,15 +186,6 @@ class SynthResult:
     samples: list[Path]
     stopped_early: bool
     seconds: float
-
-
-def resume_state_path(out_path: str | os.PathLike) -> Path:
-    """The checkpoint beside a generator model file (``<name>.last.safetensors``).
-
-    Kept for callers of the pix2pix-only format; the same as
-    :func:`napari_segen.training.checkpoint.last_checkpoint_path`.
-    """
-    return last_checkpoint_path(out_path)
 
 
 def default_samples_dir(out_path: str | os.PathLike) -> Path:
@@ -440,7 +421,7 @@ def _describe_networks(
             f"the masks hold class {top} but only {len(class_names)} class names were given"
         )
     names = list(class_names or ["background"] + [f"class {i}" for i in range(1, ncls)])
-    channels = cfg.out_channels or (3 if any(p._is_rgb() for p in pairs) else 1)
+    channels = cfg.out_channels or image_channels(pairs)
     spec = ModelSpec(
         architecture="pix2pix_generator",
         arch_kwargs=dict(
@@ -466,7 +447,7 @@ def _describe_networks(
 def _crop_sampler(pairs: Sequence[LabeledImage], spec: ModelSpec, cfg: SynthConfig) -> CropSampler:
     """Crops in the generator's [-1, 1] range; padding mirrors image and mask alike."""
     norm, channels = spec.normalization, spec.in_channels
-    images = [image_to_tensor(p.image, channels, norm, rgb=p._is_rgb()) for p in pairs]
+    images = [image_to_tensor(p.image, channels, norm, rgb=p.is_rgb) for p in pairs]
     masks = [torch.from_numpy(np.asarray(p.mask, np.int64)) for p in pairs]
     return CropSampler(images, masks, cfg.crop_size, flips=cfg.flips, rot90=cfg.rot90)
 
@@ -619,20 +600,3 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
     with atomic_path(path, overwrite=True) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
-
-
-def read_training_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors (named as before format 2: ``gen.<key>``, ``opt_d.state.<param>.<key>``)
-    and the train state of a pix2pix checkpoint.
-
-    Kept for callers of the pix2pix-only format; new code uses
-    :func:`napari_segen.training.checkpoint.load_checkpoint`.
-    """
-    ckpt = load_checkpoint(path)
-    tensors = {f"{m}.{k}": v for m, state in ckpt.modules.items() for k, v in state.items()}
-    for name, sd in ckpt.optimizers.items():
-        for pid, per_param in sd["state"].items():
-            for k, v in per_param.items():
-                if torch.is_tensor(v):
-                    tensors[f"{name}.state.{pid}.{k}"] = v
-    return tensors, dict(ckpt.train_state)

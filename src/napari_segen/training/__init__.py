@@ -1,6 +1,6 @@
 """Training: the shared run kernel and checkpoints, the segmentation trainer, distributed entry.
 
-No Qt, no napari. ``evaluate_model`` is re-exported from :mod:`napari_segen.metrics.evaluate`.
+No Qt, no napari. Scoring a trained model is :func:`napari_segen.metrics.evaluate.evaluate_model`.
 """
 
 from .checkpoint import CheckpointError
@@ -9,7 +9,6 @@ from .trainer import (
     TrainConfig,
     TrainEvent,
     TrainResult,
-    evaluate_model,
     new_unet_spec,
     train_segmentation,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "TrainEvent",
     "TrainResult",
     "TrainingRun",
-    "evaluate_model",
     "new_unet_spec",
     "train_segmentation",
 ]

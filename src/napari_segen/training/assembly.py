@@ -18,15 +18,24 @@ Synthesize widgets, ``napari-segen train`` and ``napari-segen synth train``):
      out the bottom ``val_fraction`` of its rows (:func:`split_one_image`),
      when both parts are at least :data:`MIN_REGION_ROWS` rows and hold
      annotation - else that image only trains.
-3. **Classes** (:func:`choose_class_names`): when fine-tuning or resuming, the
-   start model's classes (the masks must fit them); for a new model, the names
-   given (``--classes``), else the names the data carries (VOC's 21, a Labels
-   layer's ``class_names``; extended to cover the masks), else
-   :func:`~napari_segen.data.sources.default_class_names` of the highest class
-   in the masks + 1 (at least 2: ``background, foreground``).
-4. **Start model** (:func:`resolve_start`): ``"default"`` (the bundled model),
+3. **Instance masks** (:func:`read_masks_as`): masks that look like instance
+   label images (one id per object, :func:`~napari_segen.data.instances.detect_mask_kind`),
+   or all masks when the user says so (``masks_are="instances"``), become the
+   classes of ``instance_mode`` (``boundary``: background, interior, boundary;
+   ``binary``: background, object), and the run says so in :attr:`SegmentationRun.notes`.
+4. **Classes** (:func:`choose_class_names`): the names given (``--classes``)
+   when there are any; else, when fine-tuning or resuming, the start model's
+   classes (the masks must fit them); for a new model, the names the data
+   carries (VOC's 21, a Labels layer's ``class_names``; extended to cover the
+   masks), else :func:`~napari_segen.data.sources.default_class_names` of the
+   highest class in the masks + 1 (at least 2: ``background, foreground``).
+   Instance masks bring their mode's names.
+5. **Start model** (:func:`load_start`): ``"default"`` (the bundled model),
    a model file, a loaded model or spec (resume), or :class:`NewModel` (a
-   U-Net or FCN built for the classes of step 3).
+   U-Net or FCN built for the classes of step 4). A model fine-tuned on other
+   classes than its own is changed by :func:`~napari_segen.models.heads.with_classes`:
+   same count, other names = renamed; another count = a new final layer, the
+   rest kept. A resumed run keeps its classes.
 
 No Qt, no napari: the widgets run these generators in a worker thread, the CLI
 drives them with :func:`~napari_segen.utils.generators.drive`.
@@ -43,7 +52,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..data.conventions import IGNORE_INDEX
-from ..data.datasets import LabeledImage, pairs_from_folders, split_pairs
+from ..data.datasets import LabeledImage, image_channels, pairs_from_folders, split_pairs
+from ..data.image_io import check_mask_classes
+from ..data.instances import (
+    INSTANCE_CLASS_NAMES,
+    INSTANCE_MODES,
+    detect_mask_kind,
+    instances_to_classes,
+)
 from ..data.sources import (
     DENSE,
     VOC_CLASSES,
@@ -52,6 +68,7 @@ from ..data.sources import (
     pairs_from_tiff_stacks,
     pairs_from_voc,
 )
+from ..models.heads import check_segmentation_model, class_change, with_classes
 from ..models.model_file import LoadedModel, ModelFileError, ModelSpec
 from ..utils.generators import Progress
 
@@ -221,8 +238,8 @@ def split_one_image(
     if not ((top_mask != IGNORE_INDEX).any() and (bottom_mask != IGNORE_INDEX).any()):
         return [pair], []
     name = pair.name or "image"
-    train = LabeledImage(pair.image[:cut], top_mask, f"{name} (top {cut} rows)", pair.rgb)
-    val = LabeledImage(pair.image[cut:], bottom_mask, f"{name} (bottom {n_val} rows)", pair.rgb)
+    train = pair.rows(0, cut, f"{name} (top {cut} rows)")  # pixel weights, if any, go along
+    val = pair.rows(cut, h, f"{name} (bottom {n_val} rows)")
     return [train], [val]
 
 
@@ -258,6 +275,77 @@ def split_train_val(
     return train, val
 
 
+# --- instance masks --------------------------------------------------------------------------
+#: What masks hold: ``auto`` (detect), ``classes`` (indices) or ``instances`` (one id per object).
+MASKS_ARE = ("auto", "classes", "instances")
+
+
+@dataclass(frozen=True)
+class MaskReading:
+    """How a run reads its masks: ``kind`` (``"classes"`` or ``"instances"``), the
+    ``class_names`` instance masks become (None for class masks) and a one-line
+    ``note`` for the user ("" when there is nothing to say)."""
+
+    kind: str
+    class_names: list[str] | None = None
+    note: str = ""
+
+
+def read_masks_as(
+    pairs: Sequence[LabeledImage],
+    masks_are: str = "auto",
+    instance_mode: str = "boundary",
+    num_classes: int | None = None,
+) -> MaskReading:
+    """Whether the masks of ``pairs`` are instance label images, by the user's word or detection.
+
+    ``auto`` reads them as instances when most annotated masks look like
+    instance label images (:func:`~napari_segen.data.instances.detect_mask_kind`;
+    ``num_classes``: the classes a model expects, when known).
+    """
+    if masks_are not in MASKS_ARE:
+        raise ValueError(f"masks are one of {', '.join(MASKS_ARE)}, not {masks_are!r}")
+    if instance_mode not in INSTANCE_MODES:
+        raise ValueError(
+            f"the instance mode is one of {', '.join(INSTANCE_MODES)}, not {instance_mode!r}"
+        )
+    if masks_are == "classes":
+        return MaskReading("classes")
+    names = list(INSTANCE_CLASS_NAMES[instance_mode])
+    becomes = f"trained as {instance_mode} classes ({', '.join(names)})"
+    if masks_are == "instances":
+        return MaskReading("instances", names, f"masks read as instance label images: {becomes}")
+    kinds = [detect_mask_kind(p.mask, num_classes) for p in pairs]
+    annotated = [k for k in kinds if k.num_ids > 0]
+    found = [k for k in annotated if k.kind == "instances"]
+    if found and 2 * len(found) > len(annotated):
+        return MaskReading(
+            "instances",
+            names,
+            f"masks look like instance label images ({len(found)} of {len(annotated)} masks; "
+            f"first: {found[0].reason}): {becomes}",
+        )
+    if found:
+        return MaskReading(
+            "classes",
+            note=f"{len(found)} of {len(annotated)} masks look like instance label images, the "
+            "rest like class masks: all are read as classes (say 'instances' to convert them)",
+        )
+    return MaskReading("classes")
+
+
+def masks_to_classes(
+    pairs: Sequence[LabeledImage], reading: MaskReading, instance_mode: str = "boundary"
+) -> list[LabeledImage]:
+    """``pairs`` with their instance masks turned into classes (as they are for class masks)."""
+    if reading.kind != "instances":
+        return list(pairs)
+    return [
+        LabeledImage(p.image, instances_to_classes(p.mask, instance_mode), p.name, p.rgb)
+        for p in pairs
+    ]
+
+
 # --- classes ---------------------------------------------------------------------------------
 def highest_class(pairs: Sequence[LabeledImage]) -> int:
     """The highest class index in the masks (0 when nothing but background is annotated)."""
@@ -275,28 +363,26 @@ def choose_class_names(
 
     Args:
         pairs: every pair of the run (training and validation).
-        start: the model fine-tuned or resumed; its classes are the run's.
-        names: names the user gave (for a new model; with ``start`` they must match its classes).
+        start: the model fine-tuned or resumed; without ``names`` its classes are the run's.
+        names: names the user gave: a new model's, or the start model's new classes
+            (see :func:`~napari_segen.models.heads.with_classes`).
         hint: names the data carries (VOC, a layer's ``class_names``), used for a new model.
     """
     top = highest_class(pairs)
-    if start is not None:
+    if start is not None and not names:
         spec = start.spec if isinstance(start, LoadedModel) else start
         own = list(spec.class_names)
-        if names and list(names) != own:
-            raise ValueError(
-                f"the start model has the classes {', '.join(own)}; class names apply to a new "
-                "model only (leave them out, or train from scratch)"
-            )
         if top >= len(own):
             raise ValueError(
                 f"the masks hold class {top} but the start model has {len(own)} classes "
-                f"({', '.join(own)}); train a new model or fix the masks"
+                f"({', '.join(own)}); name all {top + 1} classes, class 0 first (--classes), "
+                "to give it a new final layer, or fix the masks"
             )
         return own
     if names:
         names = [str(n) for n in names]
         if top >= len(names):
+            _check_classes(pairs, len(names))  # names the mask and its values
             raise ValueError(
                 f"the masks hold class {top} but only {len(names)} class names were given "
                 f"({', '.join(names)}); name every class, class 0 first"
@@ -304,8 +390,18 @@ def choose_class_names(
         return names
     if hint:
         hint = [str(n) for n in hint]
+        if top >= len(hint):
+            _check_classes(pairs)
         return hint + [f"class {i}" for i in range(len(hint), top + 1)]
+    _check_classes(pairs)
     return default_class_names(max(top, 1) + 1)
+
+
+def _check_classes(pairs: Sequence[LabeledImage], num_classes: int | None = None) -> None:
+    """Each mask must fit ``num_classes`` or, when None (no classes declared), look like a
+    class mask; else a sentence naming the mask and its odd values."""
+    for p in pairs:
+        check_mask_classes(p.name or "a mask", p.mask, num_classes)
 
 
 # --- start model -----------------------------------------------------------------------------
@@ -352,7 +448,7 @@ def build_new_model(
     if new.pretrained is not None and new.architecture != "fcn_resnet50":
         raise ValueError("pretrained weights apply to a new fcn_resnet50 only")
     # Colour when any image is: grey images widen to 3 channels losslessly, not the reverse.
-    in_ch = new.in_channels or (3 if any(p._is_rgb() for p in pairs) else 1)
+    in_ch = new.in_channels or image_channels(pairs)
     kwargs: dict[str, Any] = {"in_channels": in_ch, "num_classes": len(class_names)}
     if new.architecture == "unet":
         kwargs.update(depth=new.depth, base_channels=new.base_channels)
@@ -381,6 +477,8 @@ class SegmentationRun:
     start: LoadedModel | ModelSpec
     class_names: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: One line each for the user: instance masks detected, classes renamed or a new head.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -391,6 +489,8 @@ class SynthRun:
     val: list[LabeledImage]
     class_names: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: One line each for the user (instance masks detected).
+    notes: list[str] = field(default_factory=list)
 
 
 def _read_and_split(
@@ -413,8 +513,47 @@ def _read_and_split(
     return read, train, val, provenance
 
 
+def _whole(
+    read: Sequence[SourcePairs], val: list[LabeledImage], val_sources: Sequence[Source]
+) -> list[LabeledImage]:
+    """Every pair as read, before any split (explicit validation pairs included)."""
+    return [p for s in read for p in [*s.pairs, *(s.val_pairs or [])]] + (
+        list(val) if val_sources else []
+    )
+
+
 def _hint(read: Sequence[SourcePairs]) -> list[str] | None:
     return next((s.class_names for s in read if s.class_names), None)
+
+
+def _convert_masks(
+    whole: list[LabeledImage],
+    train: list[LabeledImage],
+    val: list[LabeledImage],
+    masks_are: str,
+    instance_mode: str,
+    names: Sequence[str] | None,
+    num_classes: int | None,
+) -> tuple[list[LabeledImage], list[LabeledImage], list[str] | None, list[str]]:
+    """Instance masks become classes (step 3): ``(train, val, class names, notes)``.
+
+    What the masks are is read from the ``whole`` masks (before a split by
+    region, which leaves fewer objects in each part).
+    """
+    reading = read_masks_as(whole, masks_are, instance_mode, num_classes)
+    notes = [reading.note] if reading.note else []
+    if reading.kind != "instances":
+        return train, val, list(names) if names else None, notes
+    own = reading.class_names or []
+    if names and len(names) != len(own):
+        raise ValueError(
+            f"instance masks become {len(own)} classes in {instance_mode} mode "
+            f"({', '.join(own)}), but {len(names)} class names were given; give {len(own)} "
+            "names or leave them out"
+        )
+    train = masks_to_classes(train, reading, instance_mode)
+    val = masks_to_classes(val, reading, instance_mode)
+    return train, val, [str(n) for n in names] if names else own, notes
 
 
 def assemble_segmentation(
@@ -425,32 +564,75 @@ def assemble_segmentation(
     seed: int = 0,
     val_sources: Sequence[Source] = (),
     class_names: Sequence[str] | None = None,
+    masks_are: str = "auto",
+    instance_mode: str = "boundary",
 ) -> Generator[Progress, None, SegmentationRun]:
     """Read, split, name the classes and load or build the start model of a segmentation run.
 
-    Yields :class:`~napari_segen.utils.generators.Progress` while reading;
-    raises ValueError (a sentence) for data or models that do not fit.
+    Yields :class:`~napari_segen.utils.generators.Progress` while reading (and
+    one per note: instance masks, changed classes); raises ValueError (a
+    sentence) for data or models that do not fit.
 
     Args:
         sources: where the training pairs come from.
         start: ``"default"``, a model file, a loaded model / spec (resume) or a :class:`NewModel`.
         val_fraction: share held out of each source (see :func:`split_train_val`).
-        seed: seed of the split.
+        seed: seed of the split (and of a new final layer).
         val_sources: explicit validation data (then no source is split).
-        class_names: names for a new model, class 0 first.
+        class_names: class names, class 0 first: a new model's, or new classes for the
+            start model (renamed, or a new final layer).
+        masks_are: ``auto``, ``classes`` or ``instances`` (see :func:`read_masks_as`).
+        instance_mode: ``boundary`` or ``binary``: the classes instance masks become.
     """
     read, train, val, provenance = yield from _read_and_split(
         sources, val_sources, val_fraction, seed
     )
     yield Progress(0, 0, "preparing the start model")
     loaded = load_start(start)
+    if not isinstance(loaded, NewModel):
+        check_segmentation_model(loaded)
+    known = loaded.spec if isinstance(loaded, LoadedModel) else loaded
+    count = len(class_names) if class_names else None
+    if count is None and isinstance(known, ModelSpec):
+        count = known.num_classes
+    train, val, wanted, notes = _convert_masks(
+        _whole(read, val, val_sources), train, val, masks_are, instance_mode, class_names, count
+    )
     if isinstance(loaded, NewModel):
-        names = choose_class_names(train + val, names=class_names, hint=_hint(read))
+        names = choose_class_names(train + val, names=wanted, hint=_hint(read))
         model = build_new_model(loaded, train + val, names)
     else:
-        names = choose_class_names(train + val, start=loaded, names=class_names)
-        model = loaded
-    return SegmentationRun(train, val, model, names, provenance)
+        names = choose_class_names(train + val, start=loaded, names=wanted)
+        model, note = _fit_classes(loaded, names, seed)
+        if note:
+            notes.append(note)
+            provenance["classes_changed_from"] = list(known.class_names)
+    for note in notes:
+        yield Progress(0, 0, note)
+    return SegmentationRun(train, val, model, names, provenance, notes)
+
+
+def _fit_classes(
+    start: LoadedModel | ModelSpec, names: list[str], seed: int
+) -> tuple[LoadedModel | ModelSpec, str]:
+    """The start model with the run's classes, and a line saying what changed ("" if nothing)."""
+    spec = start.spec if isinstance(start, LoadedModel) else start
+    old = list(spec.class_names)
+    change = class_change(old, names)
+    if change == "same":
+        return start, ""
+    if not isinstance(start, LoadedModel):
+        raise ValueError(
+            f"a resumed run keeps its classes ({', '.join(old)}); leave the class names out"
+        )
+    changed = with_classes(start, names, seed=seed)
+    if change == "rename":
+        pairs = ", ".join(f"{a} -> {b}" for a, b in zip(old, names, strict=True) if a != b)
+        return changed, f"classes renamed ({pairs}); {start.name}'s weights are all kept"
+    return changed, (
+        f"{start.name} has {len(old)} classes ({', '.join(old)}), this run {len(names)} "
+        f"({', '.join(names)}): its final layer is replaced by a new one, the rest is kept"
+    )
 
 
 def assemble_pix2pix(
@@ -460,14 +642,23 @@ def assemble_pix2pix(
     seed: int = 0,
     val_sources: Sequence[Source] = (),
     class_names: Sequence[str] | None = None,
+    masks_are: str = "auto",
+    instance_mode: str = "boundary",
 ) -> Generator[Progress, None, SynthRun]:
     """Read, split and name the classes of a pix2pix run (same rules as segmentation).
 
     A pix2pix generator always starts new (or resumes its own file, whose
-    classes the trainer keeps), so the class names follow the masks.
+    classes the trainer keeps), so the class names follow the masks; instance
+    masks become ``instance_mode`` classes, as for segmentation.
     """
     read, train, val, provenance = yield from _read_and_split(
         sources, val_sources, val_fraction, seed
     )
-    names = choose_class_names(train + val, names=class_names, hint=_hint(read))
-    return SynthRun(train, val, names, provenance)
+    count = len(class_names) if class_names else None
+    train, val, wanted, notes = _convert_masks(
+        _whole(read, val, val_sources), train, val, masks_are, instance_mode, class_names, count
+    )
+    names = choose_class_names(train + val, names=wanted, hint=_hint(read))
+    for note in notes:
+        yield Progress(0, 0, note)
+    return SynthRun(train, val, names, provenance, notes)

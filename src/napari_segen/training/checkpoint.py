@@ -39,8 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
-from ..models.model_file import ModelFileError, ModelSpec
-from ..models.registry import build_model
+from ..models import model_file
+from ..models.model_file import ModelFileError, ModelSpec, write_safetensors
 from ..utils.atomic import atomic_path
 from ..utils.jsonsafe import json_safe
 
@@ -274,7 +274,7 @@ def save_checkpoint(
     )
     text = json.dumps(meta, allow_nan=False)
     with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: text})
+        write_safetensors(tensors, tmp, {_META_KEY: text}, path, save=save_file)
     with atomic_path(checkpoint_sidecar(path), overwrite=True) as tmp_json:
         tmp_json.write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -366,21 +366,14 @@ def check_spec_fits(
 ) -> None:
     """Refuse a description whose network would not hold exactly ``stored_values`` numbers.
 
-    The network is built on the ``meta`` device (no memory), so a damaged or
-    edited description that asks for billions of weights is refused before
-    anything is allocated.
+    The one check model files use too
+    (:func:`napari_segen.models.model_file.check_spec_fits`: built on the ``meta``
+    device, no memory), as a :class:`CheckpointError`.
     """
     try:
-        with torch.device("meta"):
-            module = build_model(architecture, **arch_kwargs)
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{path}: {err}; {_START_OVER}") from err
-    wanted = sum(t.numel() for t in module.state_dict().values())
-    if wanted != stored_values:
-        raise CheckpointError(
-            f"{path} describes a {architecture} of {wanted:,} values but holds "
-            f"{stored_values:,}; the file is damaged or edited; {_START_OVER}"
-        )
+        model_file.check_spec_fits(architecture, arch_kwargs, stored_values, path)
+    except ModelFileError as err:
+        raise CheckpointError(f"{err}; {_START_OVER}") from err
 
 
 def _sub(tensors: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..models.model_file import ModelSpec, save_model
-from ..utils.atomic import check_writable
+from ..utils.atomic import check_writable, ensure_writable_dir
 from ..utils.devices import resolve_device
 from ..utils.jsonsafe import json_safe
 from .checkpoint import (
@@ -45,12 +45,30 @@ class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: training diverged."""
 
 
+class StepProgress:
+    """What makes a trainer's event a progress event: ``done``/``total`` are its
+    ``step``/``total_steps``, so a progress bar reads it like any
+    :class:`~napari_segen.utils.generators.Progress`."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def done(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
+
+
 def output_paths(
     out_path: str | os.PathLike | None, *, resume: bool, overwrite: bool, save_last: bool = True
 ) -> tuple[Path | None, Path | None]:
     """Check a run's output model path; return it and its last-checkpoint path.
 
-    Without ``resume``, neither file may exist unless ``overwrite``.
+    Without ``resume``, neither file may exist unless ``overwrite``. The folder must
+    be writable (checked now, not when the first epoch is done).
     """
     if out_path is None:
         if resume:
@@ -62,6 +80,7 @@ def output_paths(
     if out.suffix != ".safetensors":
         raise ValueError(f"the output model must end in .safetensors, got {out.name}")
     last = last_checkpoint_path(out)
+    ensure_writable_dir(out.parent)
     if not resume:
         check_writable(out, overwrite)
         if save_last:
@@ -277,26 +296,15 @@ class TrainingRun:
         return self.out
 
     def save_checkpoint(
-        self,
-        step: int,
-        *,
-        spec: ModelSpec | None,
-        modules: Mapping[str, nn.Module],
-        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-        schedulers: Mapping[str, Any] | None = None,
-        scalers: Mapping[str, Any] | None = None,
-        train_state: Mapping[str, Any] | None = None,
+        self, step: int, *, modules: Mapping[str, nn.Module], **parts: Any
     ) -> Path | None:
-        """Write the resumable checkpoint (rank 0, when the run keeps one)."""
+        """Write the resumable checkpoint (rank 0, when the run keeps one).
+
+        ``parts`` are the rest of
+        :func:`~napari_segen.training.checkpoint.save_checkpoint`'s keyword arguments
+        (``spec``, ``optimizers``, ``schedulers``, ``scalers``, ``train_state``).
+        """
         if not (self.writes and self.save_last):
             return None
         self.check_weights(modules, step)
-        return save_checkpoint(
-            self.last,
-            spec=spec,
-            modules=modules,
-            optimizers=optimizers,
-            schedulers=schedulers,
-            scalers=scalers,
-            train_state=train_state,
-        )
+        return save_checkpoint(self.last, modules=modules, **parts)

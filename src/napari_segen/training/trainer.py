@@ -24,21 +24,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data.augment import AugmentConfig
 from ..data.conventions import IGNORE_INDEX
 from ..data.datasets import LabeledImage, SegmentationDataset, class_frequencies
-from ..metrics.evaluate import evaluate_model, fg_dice, scores_to_metrics
+from ..metrics.evaluate import evaluate_model, scores_to_metrics
 from ..models.model_file import LoadedModel, ModelSpec
 from ..models.registry import build_model
 from .checkpoint import Checkpoint
 from .losses import SegmentationLoss, auto_class_weights
-from .run import TrainingRun, base_provenance, one_cycle
+from .run import StepProgress, TrainingRun, base_provenance, one_cycle
 
 __all__ = [
     "TrainConfig",
     "TrainEvent",
     "TrainResult",
-    "evaluate_model",
-    "fg_dice",
     "new_unet_spec",
-    "scores_to_metrics",
     "train_segmentation",
 ]
 
@@ -88,7 +85,7 @@ class TrainConfig:
 
 
 @dataclass
-class TrainEvent:
+class TrainEvent(StepProgress):
     """Progress of a training run.
 
     ``kind`` is ``"step"`` (after each optimisation step), ``"epoch"`` (after
@@ -96,6 +93,8 @@ class TrainEvent:
     validation data, the scores) or ``"saved"`` (a new best model was written
     to ``message``). ``done``/``total`` (= ``step``/``total_steps``) feed a
     progress bar like any :class:`~napari_segen.utils.generators.Progress`.
+    ``"step"`` events carry ``model``, the model being trained (live: copy it
+    before predicting with it, e.g. a live preview between steps).
     """
 
     kind: str
@@ -105,14 +104,7 @@ class TrainEvent:
     loss: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)
     message: str = ""
-
-    @property
-    def done(self) -> int:
-        return self.step
-
-    @property
-    def total(self) -> int:
-        return self.total_steps
+    model: LoadedModel | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -121,6 +113,8 @@ class TrainResult:
 
     ``model`` is the trained model as it stands after the last epoch (in eval
     mode); the best one on validation is the file at ``path``.
+    ``still_improving``: validation was best in the last epochs (see
+    :func:`still_improving`), so more epochs would likely help.
     """
 
     path: Path | None
@@ -129,6 +123,14 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     model: LoadedModel | None = None
+    still_improving: bool = False
+    best_epoch: int = 0
+
+
+def still_improving(best_epoch: int, last_epoch: int) -> bool:
+    """Whether the best epoch is among the last 10% of the epochs run (at least the last 2)."""
+    window = max(2, math.ceil(0.1 * last_epoch))
+    return last_epoch > 0 and best_epoch > last_epoch - window
 
 
 def new_unet_spec(
@@ -266,15 +268,15 @@ def train_segmentation(
         if sampler is not None:
             sampler.set_epoch(epoch)
         running = 0.0
-        for x, y in loader:
-            x, y = run.to_device(x, y)
+        for batch in loader:
+            x, y, *pixel_weight = run.to_device(*batch)  # pairs with weight maps add one
             with run.autocast():
-                loss = loss_fn(train_module(x), y)
+                loss = loss_fn(train_module(x), y, *pixel_weight)
             run.optimise(loss, opt, scaler, sched)
             st.step += 1
             value = run.check_finite(float(loss.detach()), st.step)
             running += value
-            yield TrainEvent("step", epoch, st.step, total_steps, value)
+            yield TrainEvent("step", epoch, st.step, total_steps, value, model=loaded)
         epoch_loss = running / max(len(loader), 1)
         record = {"epoch": epoch, "loss": epoch_loss, "seconds": st.seconds_before + run.elapsed}
         improved = rank == 0 and _score_epoch(st, record, loaded, val_pairs, cfg, run)
@@ -298,7 +300,11 @@ def train_segmentation(
             break
     module.eval()
     seconds = st.seconds_before + run.elapsed
-    return TrainResult(run.out, st.best_metrics, st.history, stopped_early, seconds, loaded)
+    improving = bool(val_pairs) and still_improving(st.best_epoch, st.epoch)
+    return TrainResult(
+        run.out, st.best_metrics, st.history, stopped_early, seconds, loaded,
+        improving, st.best_epoch,
+    )  # fmt: skip
 
 
 def _start_model(start: LoadedModel | ModelSpec) -> tuple[ModelSpec, nn.Module, _Standing]:

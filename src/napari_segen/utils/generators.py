@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 E = TypeVar("E")
+F = TypeVar("F")
 R = TypeVar("R")
 
 
@@ -41,6 +42,17 @@ def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = Non
             on_event(event)
 
 
+def map_events(gen: Generator[E, None, R], convert: Callable[[E], F]) -> Generator[F, None, R]:
+    """Re-yield ``convert(event)`` for each of ``gen``'s events; return ``gen``'s value
+    (``result = yield from map_events(...)``)."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield convert(event)
+
+
 def relay(
     gen: Generator[Progress, None, R], offset: int, total: int, message: str = ""
 ) -> Generator[Progress, None, R]:
@@ -50,9 +62,4 @@ def relay(
     tiles of one slice counted among the tiles of a whole stack
     (``labels = yield from relay(...)``).
     """
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(offset + event.done, total, message, event.path)
+    return (yield from map_events(gen, lambda e: Progress(offset + e.done, total, message, e.path)))

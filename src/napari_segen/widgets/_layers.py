@@ -12,6 +12,25 @@ if TYPE_CHECKING:
 
     from ..models.model_file import ModelSpec
 
+#: Labels-layer metadata: the classes the model predicted, as segmented (a private copy,
+#: so painting the layer leaves it as it was), and which stack slices were segmented.
+#: Training compares the layer with it to find the pixels the user corrected.
+PREDICTION_KEY = "napari_segen_prediction"
+PREDICTED_KEY = "napari_segen_predicted"
+
+
+def viewer_camera(viewer: napari.Viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def canvas_size(viewer: napari.Viewer) -> tuple[int, int]:
+    """The canvas's ``(height, width)`` in screen pixels."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None) or getattr(viewer, "_canvas_size", (600, 800))
+    return int(size[0]), int(size[1])
+
 
 def label_colormap(spec: ModelSpec):
     """A napari label colormap with the model's class colours (class 0 transparent)."""
@@ -78,4 +97,27 @@ def write_labels_layer(
     layer.colormap = label_colormap(spec)
     layer.features = class_features(spec)
     layer.metadata["class_names"] = list(spec.class_names)
+    remember_prediction(layer, labels[index] if index else labels, index)
     return layer
+
+
+def remember_prediction(layer: Labels, labels: np.ndarray, index: tuple[int, ...] = ()) -> None:
+    """Keep a copy of the model's ``labels`` (one slice at ``index``) in the layer's metadata.
+
+    ``metadata[PREDICTION_KEY]`` has the layer's shape; ``metadata[PREDICTED_KEY]``
+    is a bool array over the stack axes (a 0-d array for one image) marking the
+    slices that hold a prediction.
+    """
+    shape = tuple(layer.data.shape)
+    leading = shape[: len(shape) - 2]
+    meta = layer.metadata
+    if not index:
+        meta[PREDICTION_KEY] = np.array(labels, copy=True)
+        meta[PREDICTED_KEY] = np.ones(leading, bool)
+        return
+    pred, done = meta.get(PREDICTION_KEY), meta.get(PREDICTED_KEY)
+    if pred is None or tuple(pred.shape) != shape or done is None or done.shape != leading:
+        pred, done = np.zeros(shape, labels.dtype), np.zeros(leading, bool)
+    pred[index] = labels  # in place: the Train widget takes its own copy
+    done[index] = True
+    meta[PREDICTION_KEY], meta[PREDICTED_KEY] = pred, done

@@ -2,7 +2,8 @@
 
 :class:`MetricsWidget` compares real and synthetic images - two image layers, a
 layer and a folder, or two folders; a stacked layer is a set of images - with
-SSIM and PSNR (paired) and FID / KID (sets), off the GUI thread.
+SSIM and PSNR (paired) and FID / KID (sets), and the objects of two Labels
+layers (predicted vs true: AP@0.5/0.75, adapted Rand error, VOI), off the GUI thread.
 :class:`MetricsReadout` shows such a result with a short explanation of each number.
 """
 
@@ -24,16 +25,19 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from ..data.files import ImageFiles, list_images, pair_files_by_name
 from ..data.layout import spatial_layout
-from ..metrics.features import (
-    INCEPTION_FILES,
-    ImageFiles,
-    find_inception_weights,
-    pair_files_by_name,
-)
+from ..metrics.features import INCEPTION_FILES, find_inception_weights
 from ..metrics.fid import iter_set_distance
 from ..metrics.image_quality import iter_paired_quality
-from ..metrics.report import format_quality_report, quality_notes, quality_rows
+from ..metrics.instance import iter_compare_objects
+from ..metrics.report import (
+    MISSING,
+    format_quality_report,
+    object_rows,
+    quality_notes,
+    quality_rows,
+)
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._worker import TaskRunner
@@ -51,17 +55,36 @@ class MetricsReadout(Container):
     :func:`~napari_segen.metrics.image_quality.paired_quality`,
     :func:`~napari_segen.metrics.fid.set_distance`, or both merged. The words
     come from :mod:`napari_segen.metrics.report`, as for the CLI; each value's
-    tooltip holds the full explanation.
+    tooltip holds the full explanation. ``objects=True`` makes it an objects
+    readout instead: AP@0.5, AP@0.75, object counts, Rand error and VOI
+    (:func:`~napari_segen.metrics.instance.iter_compare_objects`), each shown once it has a value.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, objects: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result: dict[str, Any] | None = None
+        self.objects = objects
+        self.notes = Label(label="", value="")
+        if objects:
+            self._rows = {
+                key: (Label(label=label), Label(label=""))
+                for key, label in (("ap@0.5", "AP@0.5"), ("ap@0.75", "AP@0.75"),
+                                   ("objects", "Objects"), ("rand_error", "Rand error"),
+                                   ("voi", "VOI"))
+            }  # fmt: skip
+            for value, note in self._rows.values():
+                self.extend([value, note])
+                if hasattr(note.native, "setWordWrap"):
+                    note.native.setWordWrap(True)
+            self.append(self.notes)
+            if hasattr(self.notes.native, "setWordWrap"):
+                self.notes.native.setWordWrap(True)
+            self.clear()
+            return
         self.ssim, self.ssim_help = Label(label="SSIM"), Label(label="")
         self.psnr, self.psnr_help = Label(label="PSNR"), Label(label="")
         self.fid, self.fid_help = Label(label="FID"), Label(label="")
         self.kid, self.kid_help = Label(label="KID"), Label(label="")
-        self.notes = Label(label="", value="")
         self._rows = {
             "ssim": (self.ssim, self.ssim_help),
             "psnr": (self.psnr, self.psnr_help),
@@ -92,6 +115,16 @@ class MetricsReadout(Container):
 
     def _show(self, result: dict[str, Any] | None) -> None:
         self.result = result
+        if self.objects:
+            shown = {row.key: row for row in object_rows(result)}
+            for key, (value, note) in self._rows.items():
+                row = shown.get(key)
+                value.visible = note.visible = row is not None and row.value != MISSING
+                if row is not None:
+                    value.value, value.tooltip = row.value, row.help
+                    note.value, note.tooltip = row.note, row.help
+            self.notes.value = "\n".join(quality_notes(result))
+            return
         for row in quality_rows(result):
             value, note = self._rows[row.key]
             value.label, value.value, value.tooltip = row.label, row.value, row.help
@@ -172,7 +205,8 @@ class MetricsWidget(Container):
             max=1e12,
             step=1.0,
             tooltip="R for float images (e.g. 1 for [0, 1]); 0 = the dtype's range "
-            "(255 for 8-bit, 65535 for 16-bit), which float images do not have",
+            "(255 for 8-bit, 65535 for 16-bit), or the range found in a pair that uses "
+            "less than 1/8 of it (said under the figures); float images have none",
         )
         self.fid_weights = FileEdit(
             label="FID weights", mode="r", filter="*.pth *.safetensors", value=""
@@ -183,15 +217,26 @@ class MetricsWidget(Container):
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
         self.readout = MetricsReadout()
+        self.objects_header = Label(value="Objects: predicted vs true (two Labels layers)")
+        self.objects_pred = ComboBox(label="Predicted objects", choices=self._labels_choices)
+        self.objects_true = ComboBox(label="True objects", choices=self._labels_choices)
+        self.objects_button = PushButton(text="Compare objects")
+        self.objects_readout = MetricsReadout(objects=True)
         self.extend([
             self.real, self.real_folder, self.fake, self.fake_folder, self.paired, self.sets,
             self.data_range, self.fid_weights, self.weights_status, self.device,
             self.run_button, self.cancel_button, self.status, self.readout,
+            self.objects_header, self.objects_pred, self.objects_true, self.objects_button,
+            self.objects_readout,
         ])  # fmt: skip
         if hasattr(self.weights_status.native, "setWordWrap"):
             self.weights_status.native.setWordWrap(True)
-        self.runner = TaskRunner(self.run_button, self.cancel_button, self.status)
+        self.runner = TaskRunner(
+            [self.run_button, self.objects_button], self.cancel_button, self.status
+        )
         self.last_result: dict[str, Any] | None = None
+        self.last_objects: dict[str, Any] | None = None
+        self.objects_button.changed.connect(self.compare_objects)
         self.real.changed.connect(self._on_source_changed)
         self.fake.changed.connect(self._on_source_changed)
         self.fid_weights.changed.connect(self._show_weights_status)
@@ -204,6 +249,11 @@ class MetricsWidget(Container):
         from napari.layers import Image
 
         return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)] + [_FOLDER]
+
+    def _labels_choices(self, _=None) -> list[str]:
+        from napari.layers import Labels
+
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
 
     def _on_source_changed(self, *_: Any) -> None:
         self.real_folder.visible = self.real.value == _FOLDER
@@ -233,8 +283,6 @@ class MetricsWidget(Container):
     # --- sources ---------------------------------------------------------------
     def _source(self, which: str) -> tuple[Sequence[Any], list[Path] | None, str]:
         """(images, files or None, display name) of the real or synthetic source."""
-        from ..data.image_io import list_images
-
         combo = self.real if which == "real" else self.fake
         folder = self.real_folder if which == "real" else self.fake_folder
         label = "real" if which == "real" else "synthetic"
@@ -314,3 +362,49 @@ class MetricsWidget(Container):
     def _finished(self) -> None:
         if self.runner.cancelled:
             self.status.value = "cancelled"
+
+    # --- objects -------------------------------------------------------------
+    def compare_objects(self, *_: Any) -> None:
+        """Score the predicted objects layer against the true one (in a thread)."""
+        if self.runner.running:
+            show_error("A comparison is already running; wait for it or cancel it.")
+            return
+        try:
+            pred_name, true_name = self.objects_pred.value, self.objects_true.value
+            if pred_name is None or true_name is None:
+                raise ValueError(
+                    "choose two Labels layers: the predicted objects and the true objects"
+                )
+            if pred_name == true_name:
+                raise ValueError("choose two different Labels layers (predicted and true)")
+            pred, true = (self._labels_data(n) for n in (pred_name, true_name))
+            if pred.shape != true.shape:
+                raise ValueError(
+                    f"{pred_name} is {pred.shape} and {true_name} {true.shape}: objects are "
+                    "compared pixel by pixel, so the layers must have the same shape"
+                )
+        except ValueError as err:
+            show_error(str(err))
+            return
+        self.objects_readout.clear()
+        self.last_objects = None
+        self.status.value = f"comparing the objects of {pred_name} with {true_name}..."
+        self.runner.start(
+            iter_compare_objects,
+            true,
+            pred,
+            description="Object metrics",
+            on_done=self._show_objects,
+            on_finish=self._finished,
+        )
+
+    def _labels_data(self, name: str) -> np.ndarray:
+        layer = self.viewer.layers[name]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return np.asarray(data)
+
+    def _show_objects(self, result: dict[str, Any]) -> None:
+        self.last_objects = result
+        self.objects_readout.set_result(result)
+        self.status.value = "done"
+        show_info("Object metrics computed")

@@ -1,9 +1,23 @@
-"""The Segment dock widget: pick an image, a model, a device and a tile size; press Segment."""
+"""The Segment dock widget: pick an image, a model, a device and a tile size; press Segment.
+
+Options (under "Options"): class probabilities, test-time augmentation, an
+uncertainty map and the objects (instances) of the segmentation. **Next region
+to correct** shows the most uncertain tile of the last segmentation that has
+not been visited yet: the camera moves there, a rectangle outlines it, and the
+status says which it is ("region 3 of 16, mean uncertainty 0.41"); correct it
+with the brush, press again for the next one.
+
+The model's own prediction is kept in the labels layer's metadata (see
+:func:`~napari_segen.widgets._layers.remember_prediction`), so the Train widget
+can weight the pixels the user changed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -19,10 +33,13 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..data.layout import spatial_layout
-from ..inference import iter_predict
+from ..inference import Prediction, iter_predict
+from ..inference.instances import Instances, find_instances, instance_features
+from ..inference.uncertainty import Region, next_region, rank_regions
 from ..models import ModelFileError, default_model_path, load_model, read_spec
 from ..utils.devices import available_devices
-from ._layers import write_labels_layer
+from ..utils.generators import Progress
+from ._layers import canvas_size, viewer_camera, write_labels_layer
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -32,17 +49,81 @@ if TYPE_CHECKING:
 _FILE_CHOICE = "model file..."
 _NEW_LAYER = "new layer (<image> labels)"
 
+#: Edge of the square regions "Next region to correct" ranks (image pixels).
+REGION_SIZE = 128
+#: Share of the canvas a region fills after the camera moves to it.
+REGION_FILL = 0.8
+
+
+@dataclass
+class Segmentation:
+    """What the worker hands back: the prediction and, when asked for, the objects."""
+
+    prediction: Prediction
+    objects: Instances | None = None
+
+
+@dataclass
+class _Last:
+    """The last segmentation, for ranking regions: its image layer, uncertainty and slice."""
+
+    layer: Any
+    uncertainty: np.ndarray  # (H, W) of slice ``index``, or (..., H, W) of the whole stack
+    index: tuple[int, ...] = ()
+    ranked: dict[tuple, list[Region]] = field(default_factory=dict)
+
+
+def segment_job(
+    model: Any, data: Any, *, objects: bool = False, **predict_options: Any
+) -> Generator[Progress, None, Segmentation]:
+    """Predict (and find the objects of) ``data`` in a worker thread, yielding progress."""
+    prediction = yield from iter_predict(model, data, **predict_options)
+    found = None
+    if objects and prediction.probabilities is not None:
+        yield Progress(0, 0, "finding objects")
+        found = stack_instances(prediction.probabilities, model.spec.class_names)
+    return Segmentation(prediction, found)
+
+
+def stack_instances(probabilities: np.ndarray, class_names: list[str]) -> Instances:
+    """:func:`find_instances` of an image's ``(K, H, W)`` probabilities or of each slice of a
+    stack (``(..., K, H, W)``; ids run on across slices, ``slice`` says where each one is)."""
+    if probabilities.ndim == 3:
+        return find_instances(probabilities, class_names)
+    leading = probabilities.shape[:-3]
+    labels = np.zeros((*leading, *probabilities.shape[-2:]), np.int32)
+    method, top, slices = "", 0, []
+    for i, idx in enumerate(np.ndindex(*leading)):
+        one = find_instances(probabilities[idx], class_names)
+        method = one.method
+        labels[idx] = np.where(one.labels > 0, one.labels + top, 0)
+        slices += [i] * one.count
+        top += one.count
+    features = instance_features_stack(labels)
+    features["slice"] = np.asarray(slices, int)
+    return Instances(labels, method, features)
+
+
+def instance_features_stack(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-object label, area and (in-plane) centroid of a stack of object labels."""
+    parts = [instance_features(labels[idx]) for idx in np.ndindex(*labels.shape[:-2])]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
 
 class SegmentWidget(Container):
     """Segment the chosen image layer into a Labels layer, off the GUI thread.
 
     Sub-widgets are attributes so tests and other widgets can set them and call
-    :meth:`run` directly.
+    :meth:`run` and :meth:`next_region` directly. ``region_size`` is the edge of
+    the regions "Next region to correct" ranks.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
+        self.region_size = REGION_SIZE
+        self.last: _Last | None = None
+        self._visited: dict[tuple, list[tuple[int, int]]] = {}
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_file = FileEdit(label="Model file", filter="*.safetensors", visible=False)
@@ -50,9 +131,29 @@ class SegmentWidget(Container):
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.tile_size = SpinBox(label="Tile size", value=256, min=32, max=4096, step=32)
         self.output = ComboBox(label="Write into", choices=self._output_choices)
-        self.probabilities = CheckBox(text="Also add class probabilities")
         self.current_slice = CheckBox(text="Only the displayed slice (stacks)")
+        self.probabilities = CheckBox(text="Also add class probabilities")
+        self.tta = CheckBox(text="Test-time augmentation (8 views)")
+        self.tta.tooltip = (
+            "Average the 8 flips/rotations of each tile: usually a little more accurate, "
+            "a better uncertainty map, 8x the time."
+        )
+        self.uncertainty = CheckBox(text="Also add uncertainty")
+        self.uncertainty.tooltip = (
+            "An image layer '<image> uncertainty': the entropy of the class probabilities "
+            "(0 = sure, 1 = no idea); bright where the model is likely wrong."
+        )
+        self.objects = CheckBox(text="Also add objects")
+        self.objects.tooltip = (
+            "A Labels layer '<image> objects' with one id per object (watershed on the "
+            "probabilities) and a features table: label, area, centroid."
+        )
         self.run_button = PushButton(text="Segment")
+        self.next_button = PushButton(text="Next region to correct")
+        self.next_button.tooltip = (
+            "Go to the most uncertain region of the last segmentation not visited yet "
+            "(segments first when there is none); correct it, then press again."
+        )
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
         self.extend(
@@ -64,19 +165,52 @@ class SegmentWidget(Container):
                 self.device,
                 self.tile_size,
                 self.output,
-                self.probabilities,
                 self.current_slice,
                 self.run_button,
+                self.next_button,
                 self.cancel_button,
                 self.status,
             ]
         )
-        self.runner = TaskRunner(self.run_button, self.cancel_button, self.status)
+        options = [self.probabilities, self.tta, self.uncertainty, self.objects]
+        self._add_collapsible("Options", options, before=self.run_button)
+        self._fix_status_size()
+        self.runner = TaskRunner(
+            [self.run_button, self.next_button], self.cancel_button, self.status
+        )
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._show_classes)
         self.run_button.changed.connect(self.run)
+        self.next_button.changed.connect(self.next_region)
         catalog.changed.connect(self._refresh_models)
         self._show_classes()
+
+    # --- layout --------------------------------------------------------------
+    def _add_collapsible(self, title: str, widgets: list, before: Any) -> None:
+        """``widgets`` in a collapsed section above ``before`` (keeps the form short)."""
+        from superqt import QCollapsible
+
+        inner = Container(widgets=widgets, labels=False)
+        inner.margins = (0, 0, 0, 0)
+        self.options_section = QCollapsible(title)
+        self.options_section.addWidget(inner.native)
+        self._options_inner = inner
+        layout = self.native.layout()
+        at = next(
+            i
+            for i in range(layout.count())
+            if (w := layout.itemAt(i).widget()) is not None
+            and (w is before.native or w.isAncestorOf(before.native))
+        )
+        layout.insertWidget(at, self.options_section)
+
+    def _fix_status_size(self) -> None:
+        """A longer status text must not widen the dock (that re-lays out the window)."""
+        from qtpy.QtWidgets import QSizePolicy
+
+        label = self.status.native
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        label.setWordWrap(False)
 
     # --- choices -------------------------------------------------------------
     def _model_choices(self, _=None) -> list[str]:
@@ -124,8 +258,20 @@ class SegmentWidget(Container):
             self.classes.value = f"({err})" if self.model.value == _FILE_CHOICE else ""
 
     # --- running -------------------------------------------------------------
-    def run(self, *_) -> None:
-        """Start segmenting the chosen image (returns at once; the work runs in a thread)."""
+    def _slice_index(self, layer: Any) -> tuple[int, ...]:
+        """The stack position of ``layer`` shown in the viewer (``()`` for one image)."""
+        leading, _ = spatial_layout(tuple(layer.data.shape), layer.rgb)
+        if not leading:
+            return ()
+        point = layer.world_to_data(self.viewer.dims.point)
+        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, leading, strict=False))
+
+    def run(self, *_, then: Callable[[], None] | None = None, only_slice: bool = False) -> None:
+        """Start segmenting the chosen image (returns at once; the work runs in a thread).
+
+        ``then`` is called after the result is shown; ``only_slice`` segments the
+        displayed slice of a stack whatever the checkbox says.
+        """
         if self.runner.running:
             show_info("Segmentation is already running; wait for it or press Cancel.")
             return
@@ -144,54 +290,228 @@ class SegmentWidget(Container):
             target = self.viewer.layers[self.output.value]
         data, index = layer.data, ()
         leading, _ = spatial_layout(tuple(layer.data.shape), layer.rgb)
-        if self.current_slice.value and leading:
-            point = layer.world_to_data(self.viewer.dims.point)
-            index = tuple(
-                int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, leading, strict=False)
-            )
+        if (self.current_slice.value or only_slice) and leading:
+            index = self._slice_index(layer)
             data = layer.data[index]
         full_shape = tuple(layer.data.shape[: len(leading) + 2])
         where = f" slice {index}" if index else ""
         self.status.value = f"segmenting {layer.name}{where}..."
+        # One image (or slice): the uncertainty is cheap and "Next region" ranks by it.
+        one_plane = index or not leading
+        objects = self.objects.value
         self.runner.start(
-            iter_predict,
+            segment_job,
             model,
             data,
+            objects=objects,
             rgb=layer.rgb,
             tile_size=self.tile_size.value,
             device=self.device.value,
-            return_probabilities=self.probabilities.value,
+            return_probabilities=self.probabilities.value or objects,
+            tta=self.tta.value,
+            return_uncertainty=bool(self.uncertainty.value or one_plane or then is not None),
             description=f"Segmenting {layer.name}",
-            on_done=lambda res: self._add_result(layer, model, target, res, index, full_shape),
+            on_done=lambda res: self._add_result(
+                layer, model, target, res, index, full_shape, then
+            ),
             on_finish=self._finished,
         )
 
-    def _add_result(self, image_layer, model, target, result, index=(), full_shape=None) -> None:
+    def _add_result(
+        self,
+        image_layer: Any,
+        model: Any,
+        target: Any,
+        result: Segmentation,
+        index: tuple[int, ...] = (),
+        full_shape: tuple[int, ...] | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        pred = result.prediction
         try:
             out = write_labels_layer(
-                self.viewer, image_layer, result.labels, model.spec, target, index, full_shape
+                self.viewer, image_layer, pred.labels, model.spec, target, index, full_shape
             )
         except ValueError as err:
             show_error(str(err))
             return
-        if result.probabilities is not None and not index:
+        if pred.probabilities is not None and self.probabilities.value and not index:
             names = [f"{image_layer.name} P({c})" for c in model.spec.class_names]
             for name in names:
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
             self.viewer.add_image(
-                result.probabilities,
-                channel_axis=result.probabilities.ndim - 3,
+                pred.probabilities,
+                channel_axis=pred.probabilities.ndim - 3,
                 name=names,
                 colormap="magma",
                 contrast_limits=[0, 1],
                 blending="additive",
                 visible=[False] + [True] * (len(names) - 1),
-                scale=image_layer.scale[-2:] if result.labels.ndim == 2 else None,
+                **_placement(image_layer, pred.labels.ndim),
             )
-        self.status.value = f"done: {out.name}"
+        done = f"done: {out.name}"
+        if pred.uncertainty is not None:
+            self.last = _Last(image_layer, pred.uncertainty, index)
+            if self.uncertainty.value:
+                self._write_uncertainty(image_layer, pred.uncertainty, index, full_shape)
+        if result.objects is not None:
+            self._write_objects(image_layer, result.objects, index, full_shape)
+            done += f"; {result.objects.count} objects"
+        self.status.value = done
         show_info(f"Segmented {image_layer.name} into {out.name!r} with {model.name}")
+        self.viewer.layers.selection.active = out  # ready to correct with the brush
+        if then is not None:
+            then()
+
+    def _write_uncertainty(self, image_layer, uncertainty, index, full_shape) -> None:
+        """``<image> uncertainty``: updated in place when it exists, else added (magma, 0-1)."""
+        from napari.layers import Image
+
+        name = f"{image_layer.name} uncertainty"
+        shape = tuple(full_shape) if index else uncertainty.shape
+        old = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        if isinstance(old, Image) and tuple(old.data.shape) == shape:
+            if index:
+                old.data[index] = uncertainty
+                old.refresh()
+            else:
+                old.data = uncertainty
+            return
+        if old is not None:
+            self.viewer.layers.remove(old)
+        data = uncertainty
+        if index:
+            data = np.zeros(shape, np.float32)
+            data[index] = uncertainty
+        self.viewer.add_image(
+            data,
+            name=name,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.6,
+            blending="additive",
+            **_placement(image_layer, len(shape)),
+        )
+
+    def _write_objects(self, image_layer, objects: Instances, index, full_shape) -> None:
+        """``<image> objects`` (replaced each time) with its features table and the count."""
+        name = f"{image_layer.name} objects"
+        labels = objects.labels
+        if index:
+            labels = np.zeros(full_shape, np.int32)
+            labels[index] = objects.labels
+        features = {"index": np.asarray(objects.features["label"], int), **objects.features}
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_labels(
+            labels, name=name, opacity=0.5, **_placement(image_layer, labels.ndim)
+        )
+        layer.features = features
+        layer.metadata["objects_method"] = objects.method
+        layer.metadata["count"] = objects.count
 
     def _finished(self) -> None:
         if self.runner.cancelled:
             self.status.value = "cancelled; existing layers were left as they were"
+
+    # --- regions to correct ---------------------------------------------------
+    def next_region(self, *_: Any) -> Region | None:
+        """Show the most uncertain region of the last segmentation not visited yet.
+
+        Without a segmentation of the chosen image (or of the displayed slice of a
+        stack), segment it first, then show the region. Returns the region shown
+        (None when it has to segment first or cannot).
+        """
+        if self.runner.running:
+            show_info("Wait for the segmentation to finish (or cancel it).")
+            return None
+        layer = self.image.value
+        if layer is None:
+            show_error("Add or select an image layer first.")
+            return None
+        index = self._slice_index(layer)
+        plane = self._uncertainty_of(layer, index)
+        if plane is None:
+            self.run(then=self.next_region, only_slice=bool(index))
+            if self.runner.running:
+                what = f"slice {index} of {layer.name}" if index else layer.name
+                self.status.value = f"no segmentation of {what} yet: segmenting first..."
+            return None
+        size = int(self.region_size)
+        assert self.last is not None
+        key = (index, size)
+        if key not in self.last.ranked:
+            self.last.ranked[key] = rank_regions(plane, size)
+        ranked = self.last.ranked[key]
+        visited = self._visited.setdefault((layer.name, *key), [])
+        region = next_region(ranked, visited)
+        again = ""
+        if region is None:  # all visited: start over with the most uncertain
+            visited.clear()
+            region = ranked[0]
+            again = " (all visited: from the top again)"
+        visited.append((region.y, region.x))
+        self._show_region(layer, region, index, plane.shape)
+        self.status.value = (
+            f"region {len(visited)} of {len(ranked)}, mean uncertainty {region.score:.2f}{again}"
+        )
+        return region
+
+    def _uncertainty_of(self, layer: Any, index: tuple[int, ...]) -> np.ndarray | None:
+        """The last segmentation's uncertainty of ``layer`` at slice ``index`` (None: none)."""
+        last = self.last
+        if last is None or last.layer is not layer:
+            return None
+        if last.index:
+            return last.uncertainty if last.index == index else None
+        u = last.uncertainty
+        return u[index] if index and u.ndim > 2 else u
+
+    def _show_region(self, layer: Any, region: Region, index: tuple, plane_shape) -> None:
+        """Centre the camera on ``region``, zoom so it fills most of the canvas, outline it."""
+        h, w = plane_shape
+        y0, x0 = region.y, region.x
+        y1, x1 = min(y0 + region.size, h), min(x0 + region.size, w)
+        world = layer.data_to_world((*index, (y0 + y1) / 2, (x0 + x1) / 2))
+        full = list(self.viewer.dims.point)
+        full[len(full) - len(world) :] = world
+        camera = viewer_camera(self.viewer)
+        camera.center = tuple(full[d] for d in self.viewer.dims.displayed)
+        sy, sx = (abs(float(s)) for s in layer.scale[-2:])
+        ch, cw = canvas_size(self.viewer)
+        camera.zoom = REGION_FILL * min(ch / ((y1 - y0) * sy), cw / ((x1 - x0) * sx))
+        corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float)
+        if index:
+            corners = np.hstack([np.tile(np.asarray(index, float), (4, 1)), corners])
+        self._outline(layer, corners, max(region.size / 64, 1.0))
+
+    def _outline(self, layer: Any, corners: np.ndarray, width: float) -> None:
+        """Add a rectangle to ``<image> regions to correct``; earlier ones turn grey."""
+        from napari.layers import Shapes
+
+        name = f"{layer.name} regions to correct"
+        shapes = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        if not isinstance(shapes, Shapes) or shapes.ndim != corners.shape[1]:
+            if shapes is not None:
+                self.viewer.layers.remove(shapes)
+            active = self.viewer.layers.selection.active
+            shapes = self.viewer.add_shapes(
+                ndim=corners.shape[1], name=name, **_placement(layer, corners.shape[1])
+            )
+            if active is not None:  # keep the layer the user works on selected
+                self.viewer.layers.selection.active = active
+        if len(shapes.data):
+            shapes.edge_color = ["gray"] * len(shapes.data)
+        shapes.add_rectangles(
+            corners, edge_width=width, edge_color="yellow", face_color="transparent"
+        )
+        shapes.refresh()
+
+
+def _placement(image_layer: Any, ndim: int) -> dict[str, Any]:
+    """``scale`` and ``translate`` of an output layer of ``ndim`` dims over ``image_layer``."""
+    return {
+        "scale": tuple(image_layer.scale[-ndim:]),
+        "translate": tuple(image_layer.translate[-ndim:]),
+    }

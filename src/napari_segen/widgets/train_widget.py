@@ -18,8 +18,8 @@ widget repainted by a timer at most every 0.4 s (a matplotlib redraw costs
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,20 +40,32 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ..data.augment import AugmentConfig
+from ..data.corrections import (
+    CHANGED_WEIGHT,
+    PSEUDO_WEIGHT,
+    UNTOUCHED_MODES,
+    changed_fraction,
+    correction_pairs,
+    with_replay,
+)
+from ..data.layout import spatial_layout
 from ..data.sources import DENSE, SPARSE
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
 from ..training.assembly import (
     DEFAULT_START,
+    MASKS_ARE,
     ArraySource,
     FolderSource,
     NewModel,
     Source,
+    SourcePairs,
     StartModel,
     assemble_segmentation,
 )
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
+from ._layers import PREDICTED_KEY, PREDICTION_KEY, canvas_size, viewer_camera
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -65,6 +77,15 @@ MODE_SPARSE = "sparse strokes (0 = unlabelled)"
 _FILE_CHOICE = "model file..."
 _SCRATCH_CHOICE = "from scratch (new U-Net)"
 _PLOT_INTERVAL_MS = 400
+#: Fine-tuning a model (not from scratch): 128-pixel crops and a 1-minute time limit by
+#: default, a useful fine-tune in about a minute on a CPU (press Train again to go on).
+FINE_TUNE_CROP = 128
+FINE_TUNE_MINUTES = 1.0
+#: Live preview: images up to PREVIEW_WHOLE^2 pixels whole, larger ones the visible part,
+#: at most PREVIEW_MAX_SIDE pixels a side around the view's centre (a 512^2 preview of the
+#: default U-Net takes 1-3 s on a CPU; previews are spaced to cost at most ~1/4 of the time).
+PREVIEW_WHOLE = 512
+PREVIEW_MAX_SIDE = 512
 
 
 @dataclass
@@ -82,6 +103,11 @@ class TrainJob:
     out_path: Path
     overwrite: bool
     config: TrainConfig
+    masks_are: str = "auto"
+    notes: list[str] = field(default_factory=list)  # what the assembly said (worker fills it)
+    replay: FolderSource | None = None  # the model's old training data: trains only
+    replay_share: float = 0.5  # of the training crops
+    preview: LivePreview | None = None
 
     @property
     def name(self) -> str:
@@ -103,9 +129,19 @@ class TrainJob:
 def run_training_job(job: TrainJob) -> Generator[Progress | TrainEvent, None, TrainResult]:
     """Assemble the run (data, split, classes, start model) and train (in the worker thread)."""
     run = yield from assemble_segmentation(
-        job.sources, start=job.start, val_fraction=job.val_split, seed=job.config.seed or 0
+        job.sources,
+        start=job.start,
+        val_fraction=job.val_split,
+        seed=job.config.seed or 0,
+        masks_are=job.masks_are,
     )
-    result = yield from train_segmentation(
+    job.notes = list(run.notes)
+    if isinstance(job.layers, CorrectionSource):
+        job.notes.append(job.layers.note())
+    if job.replay is not None:
+        run.train = yield from _read_replay(run.train, job.replay, job.replay_share)
+        run.provenance["replay"] = job.replay.describe()
+    training = train_segmentation(
         run.train,
         run.val,
         job.out_path,
@@ -114,6 +150,7 @@ def run_training_job(job: TrainJob) -> Generator[Progress | TrainEvent, None, Tr
         overwrite=job.overwrite,
         provenance={"source": "napari Train widget", **run.provenance},
     )
+    result = yield from with_previews(training, job.preview)
     return result
 
 
@@ -154,6 +191,13 @@ class TrainWidget(Container):
         self.mode = ComboBox(
             label="Annotation", choices=[MODE_DENSE, MODE_SPARSE], value=MODE_DENSE
         )
+        self.masks_are = ComboBox(
+            label="Masks are",
+            choices=list(MASKS_ARE),
+            value="auto",
+            tooltip="class indices, or instance label images (one id per object: trained as "
+            "background, interior, boundary); auto detects it and says so in the status",
+        )
         self.use_folders = CheckBox(text="Also train on image/mask folders")
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
@@ -176,7 +220,7 @@ class TrainWidget(Container):
         self.status = Label(value="")
         self.extend(
             [
-                self.image_layer, self.labels_layer, self.mode, self.use_folders,
+                self.image_layer, self.labels_layer, self.mode, self.masks_are, self.use_folders,
                 self.images_dir, self.masks_dir, self.start_model, self.start_file,
                 self.val_split, self.epochs, self.max_minutes, self.lr, self.device,
                 self.out_path, self.overwrite, self.start_button, self.cancel_button,
@@ -185,6 +229,7 @@ class TrainWidget(Container):
         )  # fmt: skip
         self._setup_plot()
         self._fix_status_size()
+        self._add_corrections_section()
 
         buttons = [self.start_button, self.resegment_button]
         self.runner = TaskRunner(buttons, self.cancel_button, self.status)
@@ -335,7 +380,7 @@ class TrainWidget(Container):
             class_names=list(names) if names else None,
             labels_name=lab_layer.name,
         )
-        return TrainJob(
+        job = TrainJob(
             layers=layers,
             folders=folders,
             start=self.start_choice(),
@@ -343,7 +388,9 @@ class TrainWidget(Container):
             out_path=out,
             overwrite=self.overwrite.value,
             config=cfg,
+            masks_are=str(self.masks_are.value),
         )
+        return self._finish_job(job, lab_layer)
 
     def start(self, *_: Any) -> None:
         """Start training (returns at once; the work runs in a thread)."""
@@ -359,6 +406,7 @@ class TrainWidget(Container):
         self.history = {"step": [], "loss": [], "val_step": [], "dice": []}
         self._plot_dirty = True
         self._job = job
+        self._start_preview(job)
         self.status.value = f"training on {job.name}..."
         self.runner.start(
             run_training_job,
@@ -397,6 +445,8 @@ class TrainWidget(Container):
                 text += f", validation Dice {dice:.3f}"
             self.status.value = text
             self._plot_dirty = True
+        elif kind == "preview":
+            self._show_preview(ev)
         elif kind == "status" and ev.message:
             self.status.value = ev.message
 
@@ -406,11 +456,21 @@ class TrainWidget(Container):
             self._adopt_model(Path(result.path))
         dice = result.best_metrics.get("foreground_dice")
         best = f", best validation Dice {dice:.3f}" if dice is not None else ""
-        self.status.value = f"done in {result.seconds:.0f} s{best}: {result.path}"
-        show_info(f"Trained {Path(result.path).name}{best}; press Re-segment to use it")
+        notes = list(getattr(getattr(self, "_job", None), "notes", []))
+        if result.still_improving:
+            notes.append(
+                "validation was still improving at the last epoch: train longer "
+                "(press Train again to continue from the new model, or raise Epochs)"
+            )
+        done = f"done in {result.seconds:.0f} s{best}: {result.path}"
+        self.status.value = "; ".join([done, *notes])
+        self.status.tooltip = "\n".join(notes)
+        trained = f"Trained {Path(result.path).name}{best}; press Re-segment to use it"
+        show_info("\n".join([trained, *notes]))
 
     def _on_finish(self) -> None:
         self._redraw()
+        self._follow_camera(False)
         job = getattr(self, "_job", None)
         if self.runner.cancelled and job is not None:
             if job.out_path.is_file():
@@ -430,6 +490,217 @@ class TrainWidget(Container):
             self._out_edited = False
             layer = self.image_layer.value
             self._set_out(suggest_output_path(layer.name if layer else path.stem, path.parent))
+
+    # --- corrections, replay, fine-tune defaults, live preview ---------------
+    def _add_corrections_section(self) -> None:
+        """The "Corrections and preview" options, collapsed above the Train button."""
+        from superqt import QCollapsible
+
+        self.weight_corrections = CheckBox(text="Weight my corrections", value=True)
+        self.weight_corrections.tooltip = (
+            "When the labels come from the Segment widget, the pixels you changed count "
+            "more in the loss than the ones you left as the model predicted them."
+        )
+        self.changed_weight = FloatSpinBox(
+            label="Correction weight", value=CHANGED_WEIGHT, min=1.0, max=100.0, step=0.5
+        )
+        self.untouched = ComboBox(label="Untouched pixels", choices=UNTOUCHED_MODES, value="keep")
+        self.untouched.tooltip = (
+            "keep: train on them as labelled (you accepted them); ignore: train on your "
+            f"changes only; pseudo: keep them with weight {PSEUDO_WEIGHT:g}"
+        )
+        self.replay = CheckBox(text="Folders are replay (old training data)")
+        self.replay.tooltip = (
+            "The image/mask folders are the data the model was trained on: they train only "
+            "(no validation) and get about half of the crops, so fine-tuning does not forget."
+        )
+        self.live_preview = CheckBox(text="Live preview of the visible part", value=True)
+        self.live_preview.tooltip = (
+            "While training, re-segment what the viewer shows every few steps into "
+            "'<image> preview' (in the training thread, at most every 2 s)."
+        )
+        self.preview_every = 5  # steps
+        self.preview_interval_s = 2.0
+        inner = Container(
+            widgets=[
+                self.weight_corrections, self.changed_weight, self.untouched, self.replay,
+                self.live_preview,
+            ]
+        )  # fmt: skip
+        inner.margins = (0, 0, 0, 0)
+        self.corrections_section = QCollapsible("Corrections and preview")
+        self.corrections_section.addWidget(inner.native)
+        self._corrections_inner = inner
+        layout = self.native.layout()
+        at = next(
+            i
+            for i in range(layout.count())
+            if (w := layout.itemAt(i).widget()) is not None
+            and (w is self.start_button.native or w.isAncestorOf(self.start_button.native))
+        )
+        layout.insertWidget(at, self.corrections_section)
+        self._minutes_edited = False
+        self.max_minutes.changed.connect(self._on_minutes_edited)
+        self.start_model.changed.connect(self._fine_tune_defaults)
+        self._fine_tune_defaults(self.start_model.value)
+
+    def _on_minutes_edited(self, *_: Any) -> None:
+        if not getattr(self, "_setting_minutes", False):
+            self._minutes_edited = True
+
+    def _fine_tune_defaults(self, choice: Any) -> None:
+        """Fine-tuning a model: a 1-minute time limit (unless the user set one); scratch: none."""
+        if self._minutes_edited:
+            return
+        self._setting_minutes = True
+        try:
+            self.max_minutes.value = 0.0 if choice == _SCRATCH_CHOICE else FINE_TUNE_MINUTES
+        finally:
+            self._setting_minutes = False
+
+    def _finish_job(self, job: TrainJob, lab_layer: Any) -> TrainJob:
+        """Fine-tune crops, corrections from the stored prediction, replay, live preview."""
+        if not isinstance(job.start, NewModel) and "crop_size" not in self.config_overrides:
+            job.config.crop_size = FINE_TUNE_CROP
+        pred = lab_layer.metadata.get(PREDICTION_KEY)
+        if (
+            self.weight_corrections.value
+            and job.mode == DENSE
+            and pred is not None
+            and tuple(pred.shape) == tuple(job.labels.shape)
+        ):
+            done = lab_layer.metadata.get(PREDICTED_KEY)
+            plain = {f.name: getattr(job.layers, f.name) for f in fields(ArraySource)}
+            job.layers = CorrectionSource(
+                **plain,
+                prediction=np.array(pred, copy=True),
+                predicted=None if done is None else np.array(done, copy=True),
+                changed_weight=float(self.changed_weight.value),
+                untouched=str(self.untouched.value),
+            )
+            if job.masks_are == "auto":  # a model's segmentation holds classes
+                job.masks_are = "classes"
+        if self.replay.value and job.folders is not None:
+            job.replay, job.folders = job.folders, None
+        if self.live_preview.value:
+            layer = self.image_layer.value
+            self._preview_source = layer
+            self._preview_view = self._visible_box()
+            job.preview = LivePreview(
+                layer.data[0] if layer.multiscale else layer.data,
+                bool(layer.rgb),
+                lambda: self._preview_view,
+                every=max(int(self.preview_every), 1),
+                interval_s=float(self.preview_interval_s),
+            )
+        return job
+
+    def _visible_box(self, *_: Any) -> tuple:
+        """``(slice index, y0, y1, x0, x1)`` of the image shown on the canvas (data pixels).
+
+        Small images (up to ``PREVIEW_WHOLE``^2) whole; larger ones the part in view,
+        at most ``PREVIEW_MAX_SIDE`` a side around the view's centre.
+        """
+        layer = self._preview_source
+        data = layer.data[0] if layer.multiscale else layer.data
+        leading, _ = spatial_layout(tuple(data.shape), layer.rgb)
+        h, w = data.shape[len(leading) : len(leading) + 2]
+        point = list(self.viewer.dims.point)
+        index = ()
+        if leading:
+            at = layer.world_to_data(point)
+            index = tuple(
+                int(np.clip(round(p), 0, n - 1)) for p, n in zip(at, leading, strict=False)
+            )
+        if h * w <= PREVIEW_WHOLE**2:
+            return (index, 0, h, 0, w)
+        camera = viewer_camera(self.viewer)
+        ch, cw = canvas_size(self.viewer)
+        displayed = list(self.viewer.dims.displayed)[-2:]
+        center = list(camera.center)[-2:]
+        corners = []
+        for dy, dx in ((-1, -1), (1, 1)):
+            p = list(point)
+            p[displayed[0]] = center[0] + dy * ch / camera.zoom / 2
+            p[displayed[1]] = center[1] + dx * cw / camera.zoom / 2
+            corners.append(layer.world_to_data(p)[-2:])
+        (ya, xa), (yb, xb) = corners
+        y0, y1 = sorted((ya, yb))
+        x0, x1 = sorted((xa, xb))
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        half = PREVIEW_MAX_SIDE / 2
+        y0, y1 = max(y0, cy - half, 0), min(y1, cy + half, h)
+        x0, x1 = max(x0, cx - half, 0), min(x1, cx + half, w)
+        return (index, int(y0), int(np.ceil(y1)), int(x0), int(np.ceil(x1)))
+
+    def _update_preview_view(self, *_: Any) -> None:
+        # GUI thread, on camera and slice changes: cheap arithmetic only.
+        if getattr(self, "_preview_source", None) is not None:
+            self._preview_view = self._visible_box()
+
+    def _follow_camera(self, on: bool) -> None:
+        """(Dis)connect the preview region to camera moves and slice changes."""
+        events = [viewer_camera(self.viewer).events.center, viewer_camera(self.viewer).events.zoom]
+        events.append(self.viewer.dims.events.current_step)
+        following = getattr(self, "_following", False)
+        if on == following:
+            return
+        self._following = on
+        for event in events:
+            if on:
+                event.connect(self._update_preview_view)
+            else:
+                event.disconnect(self._update_preview_view)
+
+    def _start_preview(self, job: TrainJob) -> None:
+        """Follow the camera and make ``<image> preview`` now, before the worker starts.
+
+        Adding a layer costs napari 100-200 ms of GUI time on a busy CPU; done
+        here, it does not compete with the training thread, and the previews
+        only replace the layer's data (~20 ms).
+        """
+        self._follow_camera(job.preview is not None)
+        if job.preview is None:
+            return
+        index, y0, y1, x0, x1 = self._preview_view
+        self._place_preview(np.zeros((max(y1 - y0, 1), max(x1 - x0, 1)), np.uint8), y0, x0)
+
+    def _place_preview(self, labels: np.ndarray, y0: int, x0: int, spec: Any = None) -> Any:
+        """Put ``labels`` at ``(y0, x0)`` of the image into ``<image> preview`` (GUI thread)."""
+        from napari.layers import Labels
+
+        from ._layers import label_colormap
+
+        source = self._preview_source
+        name = f"{source.name} preview"
+        scale = np.asarray(source.scale[-2:], float)
+        translate = np.asarray(source.translate[-2:], float) + np.array([y0, x0]) * scale
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        if isinstance(layer, Labels) and layer.ndim == 2:
+            if not np.allclose(layer.translate, translate):
+                layer.translate = translate
+            layer.data = labels
+        else:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            active = self.viewer.layers.selection.active
+            layer = self.viewer.add_labels(
+                labels, name=name, scale=scale, translate=translate, opacity=0.5
+            )
+            if active is not None:  # painting goes on in the layer the user chose
+                self.viewer.layers.selection.active = active
+        if spec is not None and layer.metadata.get("colored_for") != spec.class_names:
+            layer.colormap = label_colormap(spec)
+            layer.metadata["colored_for"] = list(spec.class_names)
+        return layer
+
+    def _show_preview(self, p: Preview) -> None:
+        """A preview from the worker: only the layer's data changes here (GUI thread)."""
+        if getattr(self, "_preview_source", None) is None:
+            return
+        layer = self._place_preview(p.labels, p.y0, p.x0, p.spec)
+        layer.metadata["step"] = p.step
+        self.previews_shown = getattr(self, "previews_shown", 0) + 1
 
     # --- re-segmenting -------------------------------------------------------
     def resegment(self, *_: Any) -> None:
@@ -472,6 +743,8 @@ class TrainWidget(Container):
         except ValueError as err:
             show_error(str(err))
             return
+        if f"{image_layer.name} preview" in self.viewer.layers:  # superseded by the labels
+            self.viewer.layers.remove(f"{image_layer.name} preview")
         self.status.value = f"re-segmented into {layer.name!r} with {model.name}"
 
 
@@ -559,3 +832,139 @@ class TrainingPlot(QWidget):
         p.setPen(fg)
         p.drawText(QPointF(left, h - 4), f"step {int(xmax) if self.steps else 0}")
         p.end()
+
+
+# --- corrections that count, replay, live preview ------------------------------------------------
+@dataclass
+class CorrectionSource(ArraySource):
+    """A Labels layer the user corrected, with the model's prediction it started from.
+
+    Read into pairs whose pixel weights say which pixels the user changed
+    (:func:`~napari_segen.data.corrections.correction_pairs`). ``prediction``
+    and ``predicted`` are copies of the layer's metadata (see
+    :func:`~napari_segen.widgets._layers.remember_prediction`).
+    """
+
+    prediction: Any = None
+    predicted: Any = None
+    changed_weight: float = CHANGED_WEIGHT
+    untouched: str = "keep"
+    changed: float | None = None  # fraction of pixels the user changed (set by read)
+
+    def read(self) -> SourcePairs:
+        pairs = correction_pairs(
+            self.image, self.labels, self.prediction, self.predicted, name=self.name,
+            rgb=self.rgb, changed_weight=self.changed_weight, untouched=self.untouched,
+        )  # fmt: skip
+        self.changed = changed_fraction(self.labels, self.prediction)
+        names = list(self.class_names) if self.class_names else None
+        return SourcePairs(self.name, pairs, class_names=names)
+
+    def describe(self) -> dict[str, Any]:
+        corrections = {"changed_weight": self.changed_weight, "untouched": self.untouched}
+        if self.changed is not None:
+            corrections["changed_fraction"] = round(self.changed, 5)
+        return {**super().describe(), "corrections": corrections}
+
+    def note(self) -> str:
+        """One line for the status: how much was corrected and how it counts."""
+        share = f"{self.changed:.1%}" if self.changed is not None else "some"
+        rest = {"keep": "kept", "ignore": "ignored", "pseudo": "down-weighted"}[self.untouched]
+        return (
+            f"{share} of the pixels differ from the model's segmentation (weighted "
+            f"{self.changed_weight:g}x; untouched pixels {rest})"
+        )
+
+
+def _read_replay(
+    train: list, replay: FolderSource, share: float
+) -> Generator[Progress, None, list]:
+    """The training pairs with the replay folders' pairs (training only, ``share`` of the crops)."""
+    yield Progress(0, 0, f"reading the replay data {Path(replay.images).name}")
+    return with_replay(train, replay.read().pairs, share)
+
+
+@dataclass
+class LivePreview:
+    """What the worker needs to re-segment the visible part of the image while training.
+
+    ``view()`` returns ``(slice index, y0, y1, x0, x1)`` in the image's data
+    pixels: the GUI thread keeps it up to date from the camera (a tuple read
+    is atomic); the worker reads the image there and predicts with a copy of
+    the model being trained.
+    """
+
+    image: Any
+    rgb: bool
+    view: Callable[[], tuple]
+    every: int = 5
+    interval_s: float = 2.0
+    tile_size: int = 256
+
+
+@dataclass
+class Preview:
+    """A preview made in the worker: the classes of the region at ``(y0, x0)`` of ``index``."""
+
+    labels: np.ndarray
+    index: tuple[int, ...]
+    y0: int
+    x0: int
+    step: int
+    spec: Any = None
+    kind: str = "preview"
+    message: str = ""
+
+
+def with_previews(
+    events: Generator[Any, None, Any], preview: LivePreview | None
+) -> Generator[Any, None, Any]:
+    """Pass the trainer's events on; after some ``"step"`` events also yield a :class:`Preview`.
+
+    A preview is made every ``preview.every`` steps, at most every
+    ``interval_s`` seconds and at most a quarter of the time (never sooner
+    than 3 times its own cost after the last one). Runs in the worker thread.
+    """
+    if preview is None:
+        return (yield from events)
+    last, cost = -float("inf"), 0.0
+    try:
+        while True:
+            try:
+                ev = next(events)
+            except StopIteration as stop:
+                return stop.value
+            yield ev
+            model = getattr(ev, "model", None)
+            if getattr(ev, "kind", "") != "step" or model is None or ev.step % preview.every:
+                continue
+            now = time.monotonic()
+            if now - last < max(preview.interval_s, 3 * cost):
+                continue
+            shown = predict_preview(model, preview, ev.step)
+            last = time.monotonic()
+            cost = last - now
+            if shown is not None:
+                yield shown
+    finally:
+        events.close()
+
+
+def predict_preview(model: Any, preview: LivePreview, step: int) -> Preview | None:
+    """Segment the visible region with a copy of ``model`` as it stands (worker thread)."""
+    import copy
+
+    from ..inference import predict
+    from ..models.model_file import LoadedModel
+
+    index, y0, y1, x0, x1 = preview.view()
+    if y1 <= y0 or x1 <= x0:
+        return None
+    plane = np.asarray(preview.image[index] if index else preview.image)[y0:y1, x0:x1]
+    module = copy.deepcopy(model.module).eval()  # the trainer's stays in training mode
+    device = next(module.parameters()).device
+    snapshot = LoadedModel(module, model.spec)
+    labels = predict(
+        snapshot, plane, rgb=preview.rgb, tile_size=preview.tile_size, device=device
+    ).labels
+    return Preview(labels, tuple(index), y0, x0, step, model.spec)
