@@ -57,10 +57,14 @@ def deform_and_jitter(
     With a per-pixel ``weight`` map, it is deformed with the mask (nearest
     neighbour, 0 where the mask becomes unannotated) and ``(x, y, weight)`` is returned.
     """
-    if cfg.elastic_p > 0 and torch.rand(()) < cfg.elastic_p:
+    side = min(x.shape[-2:])
+    if cfg.elastic_p > 0 and side >= 8 and torch.rand(()) < cfg.elastic_p:
+        # torchvision blurs the displacement with a (8 sigma + 1) px kernel padded by
+        # reflection, which needs 4 sigma < the crop side: small crops get a smaller sigma.
+        sigma = min(cfg.elastic_sigma, (side - 1) / 4.5)
         t = v2.ElasticTransform(
-            alpha=cfg.elastic_alpha,
-            sigma=cfg.elastic_sigma,
+            alpha=cfg.elastic_alpha * sigma / cfg.elastic_sigma,
+            sigma=sigma,
             fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX},
         )
         if weight is None:

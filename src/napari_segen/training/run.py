@@ -175,6 +175,11 @@ class TrainingRun:
         )
         self.resume, self.overwrite, self.save_last = resume, overwrite, save_last
         self.rank, self.world_size = rank, world_size
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise ValueError(
+                f"the time limit must be a positive number of seconds, got {time_limit_s}; "
+                "leave it out for no limit"
+            )
         self.time_limit_s = time_limit_s
         seed_everything(seed, rank)
         self.device = resolve_device(device)

@@ -24,7 +24,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"unknown device {device!r}; choose one of {', '.join(available_devices())} "
+            "(or cuda:N for the N-th GPU)"
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"

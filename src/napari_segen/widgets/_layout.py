@@ -1,0 +1,117 @@
+"""Layout helpers that keep a docked widget from resizing the napari window.
+
+napari's dock takes a widget's minimum size as its own, and the main window
+grows to fit its docks. Two things made ours grow it: a status label whose
+minimum width is its whole text (one long message widened the window past the
+screen), and forms taller than the screen (four widgets docked made the window
+2732 px high). Each widget therefore:
+
+* shows status and readout text in labels from :func:`fit_label` - wrapped (or
+  clipped) to the dock's width, the full text in the tooltip, selectable;
+* puts its form in a scroll area (:func:`make_scrollable`), so docking every
+  widget only adds scroll bars;
+* keeps rarely changed settings in a :func:`collapsible` section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import Container, Label
+
+#: Name of the scroll area :func:`make_scrollable` puts in a widget (tests look for it).
+SCROLL_NAME = "napari_segen_scroll"
+
+
+def fit_label(label: Label, *, wrap: bool = True, selectable: bool = True) -> Label:
+    """Make ``label`` never widen its dock: wrapped (or clipped), full text in its tooltip.
+
+    With ``wrap`` the text wraps at word boundaries to the dock's width; without
+    it, the label keeps one line and is clipped (its height never changes, for
+    a status that changes many times a second). Its tooltip follows its text,
+    so the whole message is one hover away; ``selectable`` lets the user copy it.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(wrap)
+    native.setMinimumWidth(0)
+    vertical = QSizePolicy.Policy.Preferred if wrap else QSizePolicy.Policy.Fixed
+    native.setSizePolicy(QSizePolicy.Policy.Ignored, vertical)
+    if selectable:
+        native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+    def _tooltip(value: Any) -> None:
+        label.tooltip = str(value) if value else None
+
+    label.changed.connect(_tooltip)
+    _tooltip(label.value)
+    return label
+
+
+def status_label(value: str = "", **kwargs: Any) -> Label:
+    """A new status :class:`~magicgui.widgets.Label` made with :func:`fit_label`."""
+    wrap = kwargs.pop("wrap", True)
+    return fit_label(Label(value=value, **kwargs), wrap=wrap)
+
+
+def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
+    """A collapsed superqt ``QCollapsible`` section holding ``widgets`` (a magicgui form).
+
+    Returns the section; its form is ``section.form`` (a :class:`Container`), so
+    the widgets stay attributes of their owner and keep their labels.
+    """
+    from superqt import QCollapsible
+
+    form = Container(widgets=widgets, labels=labels)
+    form.margins = (0, 0, 0, 0)
+    section = QCollapsible(title)
+    section.addWidget(form.native)
+    section.form = form
+    return section
+
+
+def make_scrollable(container: Container) -> Any:
+    """Move ``container``'s contents into a vertical scroll area (call at the end of ``__init__``).
+
+    The container's own widget then holds only the scroll area, whose minimum
+    size is small: the dock, and so the window, never grows with the form.
+    Widgets appended later with magicgui (``append``/``insert``) go into the
+    scrolled form. Returns the ``QScrollArea``.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+
+    outer = container.native
+    layout = outer.layout()
+    body = QWidget()
+    body_layout = QVBoxLayout(body)
+    body_layout.setContentsMargins(layout.contentsMargins())
+    body_layout.setSpacing(layout.spacing())
+    while layout.count():
+        item = layout.takeAt(0)
+        if item.widget() is not None:
+            body_layout.addWidget(item.widget())
+        elif item.layout() is not None:
+            body_layout.addLayout(item.layout())
+        else:
+            body_layout.addItem(item)
+    body_layout.addStretch(1)  # the form stays at the top of a tall dock
+    # magicgui inserts into the backend's ``_layout``: point it at the scrolled form.
+    backend = container._widget
+    if getattr(backend, "_layout", None) is layout:
+        backend._layout = body_layout
+
+    scroll = QScrollArea()
+    scroll.setObjectName(SCROLL_NAME)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+    scroll.setWidget(body)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(scroll)
+    container._scroll_area = scroll
+    return scroll
