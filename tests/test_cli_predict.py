@@ -153,3 +153,23 @@ def test_colour_images_give_png_and_stacks_tif(tmp_path, tiny_model_file):
     assert main([*argv, "--device", "cpu"]) == 0
     assert (out / "rgba.png").is_file() and (out / "stack.tif").is_file()
     assert tifffile.imread(out / "stack.tif").shape == (2, 30, 40)
+
+
+def test_predict_halo_option(tmp_path, tiny_model_file, blobs_image, capsys):
+    """A larger --halo is accepted and gives labels of the same shape; a bad one is one line."""
+    import imageio.v3 as iio
+
+    from napari_segen.cli import main
+
+    image, _ = blobs_image
+    iio.imwrite(tmp_path / "a.png", image)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file),
+                 "--out", str(out), "--tile-size", "64", "--halo", "8", "-q"]) == 0  # fmt: skip
+    assert iio.imread(out / "a.png").shape == image.shape
+    argv = ["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file),
+            "--out", str(tmp_path / "o2"), "--tile-size", "64", "--halo", "40", "-q"]  # fmt: skip
+    code = main(argv)
+    assert code == 2
+    assert "--halo must be from 0 to under half the tile size" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())

