@@ -271,3 +271,28 @@ def test_live_preview_region_follows_the_view(widget):
     camera.zoom = 0.1  # zoomed out: the middle 512 x 512 of the view, inside the image
     index, y0, y1, x0, x1 = widget._visible_box()
     assert (y1 - y0, x1 - x0) == (512, 512) and min(y0, x0) >= 0
+
+
+def test_class_names_give_the_model_new_classes(widget, qtbot):
+    """'Class names' with a third class: the 2-class start model gets a new final layer."""
+    from napari_segen.models import read_spec
+
+    labels = widget.viewer.layers["em labels"]
+    labels.data_setitem((np.arange(20, 40), np.arange(20, 40)), 2)  # a third class painted
+    widget.class_names.value = "cell interior, membrane, mitochondrion"
+    widget.epochs.value = 1
+    widget.live_preview.value = False
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.start_button.enabled, timeout=1e5)
+    assert widget.runner.error is None, widget.status.value
+    spec = read_spec(widget.last_model_path)
+    assert spec.class_names == ["cell interior", "membrane", "mitochondrion"]
+    assert spec.provenance["classes_changed_from"] == ["background", "foreground"]
+    assert "new final layer" in widget.status.value or "final layer" in str(widget.status.tooltip)
+
+
+def test_one_class_name_is_refused(widget):
+    widget.class_names.value = "membrane"
+    widget.start()
+    assert not widget.runner.running
+    assert "at least two class names" in widget.status.value

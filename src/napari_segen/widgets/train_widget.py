@@ -31,6 +31,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -104,6 +105,7 @@ class TrainJob:
     overwrite: bool
     config: TrainConfig
     masks_are: str = "auto"
+    class_names: list[str] | None = None  # new names for the start model's classes (or more)
     notes: list[str] = field(default_factory=list)  # what the assembly said (worker fills it)
     replay: FolderSource | None = None  # the model's old training data: trains only
     replay_share: float = 0.5  # of the training crops
@@ -134,6 +136,7 @@ def run_training_job(job: TrainJob) -> Generator[Progress | TrainEvent, None, Tr
         val_fraction=job.val_split,
         seed=job.config.seed or 0,
         masks_are=job.masks_are,
+        class_names=job.class_names,
     )
     job.notes = list(run.notes)
     if isinstance(job.layers, CorrectionSource):
@@ -198,6 +201,12 @@ class TrainWidget(Container):
             tooltip="class indices, or instance label images (one id per object: trained as "
             "background, interior, boundary); auto detects it and says so in the status",
         )
+        self.class_names = LineEdit(label="Class names", value="")
+        self.class_names.tooltip = (
+            "optional, comma-separated, class 0 first (e.g. 'background, nucleus, boundary'): "
+            "other names rename the start model's classes, another count gives it a new final "
+            "layer; empty keeps the model's (or the layer's) classes"
+        )
         self.use_folders = CheckBox(text="Also train on image/mask folders")
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
@@ -220,7 +229,8 @@ class TrainWidget(Container):
         self.status = Label(value="")
         self.extend(
             [
-                self.image_layer, self.labels_layer, self.mode, self.masks_are, self.use_folders,
+                self.image_layer, self.labels_layer, self.mode, self.masks_are, self.class_names,
+                self.use_folders,
                 self.images_dir, self.masks_dir, self.start_model, self.start_file,
                 self.val_split, self.epochs, self.max_minutes, self.lr, self.device,
                 self.out_path, self.overwrite, self.start_button, self.cancel_button,
@@ -389,6 +399,7 @@ class TrainWidget(Container):
             overwrite=self.overwrite.value,
             config=cfg,
             masks_are=str(self.masks_are.value),
+            class_names=_parse_class_names(str(self.class_names.value)),
         )
         return self._finish_job(job, lab_layer)
 
@@ -968,3 +979,16 @@ def predict_preview(model: Any, preview: LivePreview, step: int) -> Preview | No
         snapshot, plane, rgb=preview.rgb, tile_size=preview.tile_size, device=device
     ).labels
     return Preview(labels, tuple(index), y0, x0, step, model.spec)
+
+
+def _parse_class_names(text: str) -> list[str] | None:
+    """``"background, cell"`` -> ``["background", "cell"]``; empty -> None; one name is refused."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        return None
+    if len(names) < 2:
+        raise ValueError(
+            "give at least two class names, class 0 first (e.g. 'background, cell'), "
+            "or leave 'Class names' empty"
+        )
+    return names
