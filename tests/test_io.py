@@ -169,3 +169,49 @@ def test_channel_layouts(tmp_path):
     assert read_image(tmp_path / "rgb.tif").shape == (8, 9, 3)
     with pytest.raises(ImageReadError, match="colour image, not a mask"):
         read_mask(tmp_path / "rgb.tif")
+
+
+def test_reader_claims_layer_names_and_objects(tmp_path):
+    """``<layer> labels.png`` (napari saves under the layer's name) and ``*_objects.tif`` read."""
+    data = np.eye(6, dtype=np.uint8) * 2
+    for name in ("ISBI EM labels.png", "cells labels.tif", "x_mask.tiff", "x_objects.tif"):
+        write_labels(tmp_path / name, data)
+        reader = _reader.napari_get_reader(str(tmp_path / name))
+        assert reader is not None, name
+        ((back, meta, kind),) = reader(str(tmp_path / name))
+        assert kind == "labels" and meta["name"] == Path(name).stem
+    Image.fromarray(data).save(tmp_path / "labels notes.png")  # the marker must end the name
+    assert _reader.napari_get_reader(str(tmp_path / "labels notes.png")) is None
+    (tmp_path / "broken labels.png").write_bytes(b"not a png")
+    assert _reader.napari_get_reader(str(tmp_path / "broken labels.png")) is None
+
+
+@pytest.mark.gui
+def test_napari_save_and_open_round_trip(make_napari_viewer, tmp_path, tiny_model_file):
+    """A Labels layer saved from napari under its own name, and predict's objects, reopen as
+    Labels through napari (File > Open offers napari-segen for them)."""
+    from napari.layers import Labels
+    from napari.plugins._npe2 import get_readers
+
+    from napari_segen.cli import main
+
+    viewer = make_napari_viewer()
+    data = np.zeros((32, 32), np.uint8)
+    data[4:12, 4:12], data[20:30, 18:28] = 1, 2
+    viewer.add_labels(data, name="ISBI EM labels")
+    path = tmp_path / "ISBI EM labels.png"
+    (written,) = viewer.layers.save(str(path), plugin="napari-segen")
+    assert Path(written) == path
+    assert "napari-segen" in get_readers(str(path))
+    (layer,) = viewer.open(str(path), plugin="napari-segen")
+    assert isinstance(layer, Labels) and layer.name.startswith("ISBI EM labels")
+    np.testing.assert_array_equal(layer.data, data)
+
+    Image.fromarray((data * 100).astype(np.uint8)).save(tmp_path / "cells.png")
+    out = tmp_path / "pred"
+    argv = ["predict", str(tmp_path / "cells.png"), "-m", str(tiny_model_file), "--out", str(out)]
+    assert main([*argv, "--instances", "--device", "cpu", "-q"]) == 0
+    objects = out / "cells_objects.tif"
+    assert "napari-segen" in get_readers(str(objects))
+    (layer,) = viewer.open(str(objects), plugin="napari-segen")
+    assert isinstance(layer, Labels) and layer.data.shape == (32, 32)

@@ -157,3 +157,21 @@ def test_cancel_stops_the_worker(make_napari_viewer, qtbot, stacks, no_weights):
     assert w.runner.cancelled
     assert w.last_result is None
     assert w.status.value == "cancelled"
+
+
+def test_picks_two_different_layers(make_napari_viewer, stacks):
+    from napari_segen.widgets.metrics_widget import MetricsWidget
+
+    real, fake = stacks
+    viewer = make_napari_viewer()
+    viewer.add_image(real, name="real")
+    viewer.add_image(fake, name="fake")
+    viewer.add_labels(np.zeros((3, 48, 48), np.uint8), name="truth")
+    viewer.add_labels(np.zeros((3, 48, 48), np.uint8), name="predicted")
+    w = MetricsWidget(viewer)
+    assert w.real.value != w.fake.value and w.fake.value != "folder..."
+    assert w.objects_pred.value != w.objects_true.value
+    viewer.window.add_dock_widget(w, name="Image quality metrics")
+    w.fake.value = "real"
+    w.reset_choices()  # what napari does when layers change
+    assert w.fake.value == "fake"

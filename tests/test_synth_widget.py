@@ -93,3 +93,69 @@ def test_cancel_and_errors(widget, qtbot, tmp_path, monkeypatch):
     assert (tmp_path / "gen.safetensors").is_file()
     w.train()  # the file now exists: refused without overwrite/resume
     assert "already exists" in errors[-1]
+
+
+def test_defaults_eta_and_saved_path(widget, qtbot, tmp_path):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_segen.widgets import synth_widget as mod
+
+    viewer, w = widget
+    # CPU-sized form defaults where the device is a CPU, the paper's on a GPU
+    fresh = mod.SynthesizeWidget(viewer)
+    kind = mod.device_kind(str(fresh.device.value))
+    expected = mod.DEVICE_DEFAULTS[kind]
+    assert (fresh.steps.value, fresh.crop_size.value, fresh.net_width.value) == (
+        expected["steps"], expected["crop_size"], expected["width"],
+    )  # fmt: skip
+    assert mod.DEVICE_DEFAULTS["cpu"] == {"steps": 300, "crop_size": 128, "width": 32}
+    fresh.device.value = "cpu"
+    assert fresh.steps.value == 300 and fresh.net_width.value == 32
+    fresh.steps.value = 50  # the user's own value survives a device change
+    fresh._device_kind = "gpu"
+    fresh.device.value = "auto"
+    fresh.device.value = "cpu"
+    assert fresh.steps.value == 50
+    # width is in the folded advanced section, and reaches the config
+    assert fresh.advanced_section.form.native.isAncestorOf(fresh.net_width.native)
+    fresh.net_width.value = 8
+    assert fresh.build_config().ngf == 8
+
+    # the remaining time appears in the status after the first steps
+    w.steps.value = 25
+    w.train()
+    seen: list[str] = []
+    w.runner.worker.yielded.connect(lambda _: seen.append(w.status.value))
+    _wait(qtbot, w)
+    assert any("left" in s for s in seen if s.startswith("step 10")), seen[:15]
+    assert mod.format_eta(30) == "~30 s left" and mod.format_eta(600) == "~10 min left"
+    # the saved generator's full path, selectable, with a Copy button
+    saved = str(tmp_path / "gen.safetensors")
+    assert w.saved_path.value == saved and w.saved_path.tooltip == saved
+    assert not w.copy_path_button.native.isHidden()  # the window is not shown: ask Qt
+    w.copy_path()
+    assert QApplication.clipboard().text() == saved
+
+
+def test_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):
+    from napari_segen.widgets.synth_widget import SynthesizeWidget
+
+    image, mask = blobs_image
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="em")
+    viewer.add_labels(mask.astype(np.uint8), name="em ground truth", visible=False)
+    w = SynthesizeWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Synthesize")
+    assert w.labels_layer.value.name == "em ground truth"  # the only one
+    viewer.add_labels(mask.astype(np.uint8), name="em labels")  # Segment's output appears
+    assert w.labels_layer.value.name == "em labels"
+
+
+def test_advanced_settings_fold_sits_above_train(widget):
+    _, w = widget
+    layout = w._scroll_area.widget().layout()
+    items = [layout.itemAt(i).widget() for i in range(layout.count())]
+    section = items.index(w.advanced_section)
+    train = next(i for i, x in enumerate(items) if x is not None and (
+        x is w.train_button.native or x.isAncestorOf(w.train_button.native)))  # fmt: skip
+    assert section == train - 1

@@ -1,4 +1,7 @@
-"""npe2 reader: label images (``*_labels.png|tif``, ``*_mask.png|tif``) open as Labels layers.
+"""npe2 reader: label images (``*labels.png|tif``, ``*mask.*``, ``*objects.*``) open as Labels.
+
+``cells_labels.png``, ``ISBI EM labels.png`` (napari saves a layer under its own
+name), ``x_mask.tif`` and ``x_objects.tif`` (``predict --instances``) all match.
 
 :func:`napari_get_reader` never raises: it claims a path only when it names an
 existing file with a label-image name whose header reads (cheap: no pixel is
@@ -12,7 +15,8 @@ import os
 from pathlib import Path
 
 _SUFFIXES = (".png", ".tif", ".tiff")
-_MARKERS = ("_labels", "_mask")
+#: How a label image's name ends (after "_", " " or nothing), as the manifest's patterns say.
+_MARKERS = ("labels", "mask", "objects")
 
 
 def napari_get_reader(path):

@@ -75,7 +75,7 @@ def format_table(metrics: dict, class_names: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.datasets import LabeledImage
-    from ..metrics.evaluate import evaluate_model, scores_to_metrics
+    from ..metrics.evaluate import evaluate_model, inverted_masks_warning, scores_to_metrics
     from ..metrics.instance import iter_score_objects, truth_objects
     from ..models import load_model
     from ..models.heads import check_segmentation_model
@@ -124,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         scores = evaluate_model(model, pairs, args.tile_size, device)
     metrics = scores_to_metrics(scores, names)
     metrics["images"] = len(pairs)
+    inverted = inverted_masks_warning(scores, names)
+    if inverted:
+        metrics["warnings"] = [inverted]
+        if not args.json:
+            print(f"warning: {inverted}", file=sys.stderr)
     metrics["model"] = str(model.path)
     if objects is not None:
         metrics["objects"] = objects

@@ -37,6 +37,39 @@ def fg_dice(scores: SegmentationScores) -> float:
     return float(np.nanmean(d)) if np.any(~np.isnan(d)) else float("nan")
 
 
+def inverted_masks_warning(
+    scores: SegmentationScores, class_names: Sequence[str] | None = None
+) -> str | None:
+    """A sentence when a two-class model's prediction matches the *swapped* masks far better.
+
+    The usual cause is a mask convention opposite to the model's: ISBI 2012 masks are
+    0 = membrane, 255 = interior, while the default model's class 1 is membrane (and a
+    plain 0/255 mask reads as 255 -> class 1). The swapped score comes from the same
+    confusion matrix (its true-class rows exchanged), so nothing is segmented again.
+    Returns None when the masks look right, or for models with other than two classes.
+    """
+    cm = scores.confusion
+    if scores.num_classes != 2 or cm.sum() == 0:
+        return None
+
+    def dice1(m: np.ndarray) -> float:
+        denom = m[:, 1].sum() + m[1, :].sum()
+        return float(2 * m[1, 1] / denom) if denom else float("nan")
+
+    as_given, swapped = dice1(cm), dice1(cm[::-1, :])
+    if not np.isfinite(swapped) or swapped < 0.5:
+        return None
+    if np.isfinite(as_given) and swapped < max(2 * as_given, as_given + 0.3):
+        return None
+    name = class_names[1] if class_names and len(class_names) > 1 else "class 1"
+    return (
+        f"the masks look inverted against the model's classes: its {name!r} matches the "
+        f"masks' class 0 (Dice {swapped:.3f}) far better than their class 1 "
+        f"(Dice {as_given:.3f}); if the masks mark {name} with 0 and the rest with 255, "
+        "add --mask-map 0:1,255:0"
+    )
+
+
 def scores_to_metrics(scores: SegmentationScores, class_names: Sequence[str]) -> dict[str, Any]:
     """The scores as a dict (per class, means, accuracy) plus ``foreground_dice``."""
     m = scores.as_dict(list(class_names))

@@ -32,6 +32,29 @@ def canvas_size(viewer: napari.Viewer) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def preferred_labels(viewer: napari.Viewer, image_name: str | None = None) -> Labels | None:
+    """The Labels layer a form should offer first for ``image_name``.
+
+    ``<image> labels`` when it is visible (what Segment writes and the user
+    corrects), else a visible layer Segment wrote, else the first visible
+    Labels layer, else ``<image> labels``, else the first Labels layer: a
+    hidden layer (often the ground truth kept for scoring) is never preferred
+    over a visible one.
+    """
+    from napari.layers import Labels
+
+    layers = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    if not layers:
+        return None
+    named = [ly for ly in layers if image_name and ly.name == f"{image_name} labels"]
+    visible = [ly for ly in layers if ly.visible]
+    predicted = [ly for ly in visible if PREDICTION_KEY in ly.metadata]
+    for group in ([ly for ly in named if ly.visible], predicted, visible, named, layers):
+        if group:
+            return group[0]
+    return None
+
+
 def label_colormap(spec: ModelSpec):
     """A napari label colormap with the model's class colours (class 0 transparent)."""
     from napari.utils.colormaps import DirectLabelColormap

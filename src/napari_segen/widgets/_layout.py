@@ -42,11 +42,16 @@ def fit_label(label: Label, *, wrap: bool = True, selectable: bool = True) -> La
     if selectable:
         native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-    def _tooltip(value: Any) -> None:
-        label.tooltip = str(value) if value else None
+    # A Label emits no ``changed`` (QLabel has no such signal): follow its setter instead.
+    backend = label._widget
+    set_text = backend._mgui_set_value
 
-    label.changed.connect(_tooltip)
-    _tooltip(label.value)
+    def _set_value(value: Any) -> None:
+        set_text(value)
+        native.setToolTip(str(value) if value else "")
+
+    backend._mgui_set_value = _set_value
+    _set_value(label.value)
     return label
 
 

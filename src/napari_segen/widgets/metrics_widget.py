@@ -40,6 +40,7 @@ from ..metrics.report import (
 )
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
+from ._layout import fit_label, make_scrollable
 from ._worker import TaskRunner
 
 if TYPE_CHECKING:
@@ -74,11 +75,8 @@ class MetricsReadout(Container):
             }  # fmt: skip
             for value, note in self._rows.values():
                 self.extend([value, note])
-                if hasattr(note.native, "setWordWrap"):
-                    note.native.setWordWrap(True)
-            self.append(self.notes)
-            if hasattr(self.notes.native, "setWordWrap"):
-                self.notes.native.setWordWrap(True)
+                fit_label(note, selectable=False)
+            self.append(fit_label(self.notes))
             self.clear()
             return
         self.ssim, self.ssim_help = Label(label="SSIM"), Label(label="")
@@ -95,9 +93,9 @@ class MetricsReadout(Container):
             self.ssim, self.ssim_help, self.psnr, self.psnr_help,
             self.fid, self.fid_help, self.kid, self.kid_help, self.notes,
         ])  # fmt: skip
-        for w in (self.ssim_help, self.psnr_help, self.fid_help, self.kid_help, self.notes):
-            if hasattr(w.native, "setWordWrap"):
-                w.native.setWordWrap(True)
+        for w in (self.ssim_help, self.psnr_help, self.fid_help, self.kid_help):
+            fit_label(w, selectable=False)
+        fit_label(self.notes)
         self.clear()
 
     @property
@@ -229,8 +227,8 @@ class MetricsWidget(Container):
             self.objects_header, self.objects_pred, self.objects_true, self.objects_button,
             self.objects_readout,
         ])  # fmt: skip
-        if hasattr(self.weights_status.native, "setWordWrap"):
-            self.weights_status.native.setWordWrap(True)
+        fit_label(self.weights_status)
+        fit_label(self.status)
         self.runner = TaskRunner(
             [self.run_button, self.objects_button], self.cancel_button, self.status
         )
@@ -241,8 +239,10 @@ class MetricsWidget(Container):
         self.fake.changed.connect(self._on_source_changed)
         self.fid_weights.changed.connect(self._show_weights_status)
         self.run_button.changed.connect(self.run)
+        self._pick_different()
         self._on_source_changed()
         self._show_weights_status()
+        make_scrollable(self)
 
     # --- choices -------------------------------------------------------------
     def _source_choices(self, _=None) -> list[str]:
@@ -254,6 +254,19 @@ class MetricsWidget(Container):
         from napari.layers import Labels
 
         return [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def reset_choices(self, *args: Any) -> None:
+        super().reset_choices(*args)
+        self._pick_different()
+
+    def _pick_different(self) -> None:
+        """Never offer a layer compared with itself: the second choice differs from the first."""
+        for first, second in ((self.real, self.fake), (self.objects_true, self.objects_pred)):
+            if second.value is None or second.value != first.value:
+                continue
+            others = [c for c in second.choices if c != first.value and c != _FOLDER]
+            if others:
+                second.value = others[0]
 
     def _on_source_changed(self, *_: Any) -> None:
         self.real_folder.visible = self.real.value == _FOLDER

@@ -40,6 +40,7 @@ from ..models import ModelFileError, default_model_path, load_model, read_spec
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import canvas_size, viewer_camera, write_labels_layer
+from ._layout import fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -175,6 +176,7 @@ class SegmentWidget(Container):
         options = [self.probabilities, self.tta, self.uncertainty, self.objects]
         self._add_collapsible("Options", options, before=self.run_button)
         self._fix_status_size()
+        make_scrollable(self)  # docking never grows the window
         self.runner = TaskRunner(
             [self.run_button, self.next_button], self.cancel_button, self.status
         )
@@ -206,11 +208,7 @@ class SegmentWidget(Container):
 
     def _fix_status_size(self) -> None:
         """A longer status text must not widen the dock (that re-lays out the window)."""
-        from qtpy.QtWidgets import QSizePolicy
-
-        label = self.status.native
-        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        label.setWordWrap(False)
+        fit_label(self.status, wrap=False)  # one line, clipped; full text in the tooltip
 
     # --- choices -------------------------------------------------------------
     def _model_choices(self, _=None) -> list[str]:

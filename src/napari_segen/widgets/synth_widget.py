@@ -13,11 +13,16 @@ Three actions, each run off the GUI thread by a
   to a folder that ``napari-segen train`` and the Train widget read.
 
 "Score generator" compares the image generated from the Labels layer with the
-Image layer. All the work is done by :mod:`napari_segen.synthesis`.
+Image layer. The form starts with settings a CPU finishes in minutes (crop 128,
+width 32, 300 steps) and the paper's on a GPU (256, 64, 2000); the network width,
+held-out share, time limit and resume sit in a folded "Advanced" section. While
+training, the status shows the time left; the saved file's full path can be copied.
+All the work is done by :mod:`napari_segen.synthesis`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +45,8 @@ from ..data.sources import DENSE
 from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
+from ._layers import preferred_labels
+from ._layout import collapsible, fit_label, make_scrollable
 from ._worker import TaskRunner
 from .metrics_widget import MetricsReadout
 
@@ -48,6 +55,32 @@ if TYPE_CHECKING:
 
 SAMPLES_LAYER = "pix2pix samples"
 CROP_CHOICES = [32, 64, 128, 256, 512]
+
+#: Form defaults by device kind: the pix2pix paper's settings where a GPU runs them in
+#: minutes, and a smaller network, crop and run that a CPU finishes in minutes too.
+DEVICE_DEFAULTS = {
+    "gpu": {"steps": 2000, "crop_size": 256, "width": 64},
+    "cpu": {"steps": 300, "crop_size": 128, "width": 32},
+}
+
+
+def device_kind(device: str) -> str:
+    """``"gpu"`` when ``device`` (``auto`` included) resolves to CUDA or MPS, else ``"cpu"``."""
+    from ..utils.devices import resolve_device
+
+    try:
+        return "cpu" if resolve_device(device).type == "cpu" else "gpu"
+    except (ValueError, RuntimeError):
+        return "cpu"
+
+
+def format_eta(seconds: float) -> str:
+    """``"~40 s left"``, ``"~3 min left"``, ``"~1.5 h left"``."""
+    if seconds < 90:
+        return f"~{max(seconds, 1):.0f} s left"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min left"
+    return f"~{seconds / 3600:.1f} h left"
 
 
 # --- jobs (run in the worker thread; plain functions over the core) -----------------------
@@ -153,13 +186,21 @@ class SynthesizeWidget(Container):
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
         self.mask_map = LineEdit(label="Mask value map", value="", visible=False)
         self.mask_map.tooltip = "e.g. 0:1,255:0 for ISBI masks (membrane = 0)"
-        self.steps = SpinBox(label="Steps", value=2000, min=1, max=10_000_000)
-        self.crop_size = ComboBox(label="Crop size", choices=CROP_CHOICES, value=256)
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        defaults = DEVICE_DEFAULTS[device_kind(str(self.device.value))]
+        self.steps = SpinBox(label="Steps", value=defaults["steps"], min=1, max=10_000_000)
+        self.crop_size = ComboBox(
+            label="Crop size", choices=CROP_CHOICES, value=defaults["crop_size"]
+        )
+        self.net_width = SpinBox(
+            label="Network width", value=defaults["width"], min=4, max=512,
+            tooltip="filters in the generator's first layer (ngf; the paper uses 64); "
+            "halving it cuts the computation to about a quarter",
+        )  # fmt: skip
         self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
         self.max_minutes = FloatSpinBox(
             label="Time limit (min)", value=0.0, min=0.0, max=100_000.0, step=0.5
         )
-        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.out_path = FileEdit(
             label="Save generator as", mode="w", filter="*.safetensors",
             value=new_generator_path(),
@@ -179,18 +220,36 @@ class SynthesizeWidget(Container):
         self.export_button = PushButton(text="Export synthetic pairs")
         self.score_button = PushButton(text="Score generator on image + labels")
         self.cancel_button = PushButton(text="Cancel")
-        self.status = Label(value="")
+        self.status = fit_label(Label(value=""))
+        self.saved_path = fit_label(Label(label="Saved generator", value=""))
+        self.saved_path.visible = False
+        self.copy_path_button = PushButton(text="Copy path", visible=False)
         self.readout = MetricsReadout()
 
-        widgets = [
+        self.extend([
             self.image_layer, self.labels_layer, self.use_folders, self.images_dir,
-            self.masks_dir, self.mask_map, self.steps, self.crop_size, self.val_split,
-            self.max_minutes, self.device, self.out_path, self.resume, self.overwrite,
-            self.train_button, self.model_path, self.stochastic, self.generate_button,
-            self.n_pairs, self.export_dir, self.export_overwrite, self.export_button,
-            self.score_button, self.cancel_button, self.status, self.readout,
-        ]  # fmt: skip
-        self.extend(widgets)
+            self.masks_dir, self.mask_map, self.device, self.steps, self.crop_size,
+            self.out_path, self.overwrite,
+        ])  # fmt: skip
+        self.extend([
+            self.train_button, self.saved_path, self.copy_path_button, self.model_path,
+            self.stochastic, self.generate_button, self.n_pairs, self.export_dir,
+            self.export_overwrite, self.export_button, self.score_button, self.cancel_button,
+            self.status, self.readout,
+        ])  # fmt: skip
+        # Settings rarely changed stay folded (STYLE 14: forms that stay small), above Train.
+        self.advanced_section = collapsible(
+            "Advanced training settings",
+            [self.net_width, self.val_split, self.max_minutes, self.resume],
+        )
+        layout, button = self.native.layout(), self.train_button.native
+        at = next(
+            i
+            for i in range(layout.count())
+            if (w := layout.itemAt(i).widget()) is not None
+            and (w is button or w.isAncestorOf(button))
+        )
+        layout.insertWidget(at, self.advanced_section)
 
         buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
         self.runner = TaskRunner(buttons, self.cancel_button, self.status)
@@ -199,6 +258,13 @@ class SynthesizeWidget(Container):
         self.export_button.changed.connect(self.export)
         self.score_button.changed.connect(self.score)
         self.use_folders.changed.connect(self._on_use_folders)
+        self.copy_path_button.changed.connect(self.copy_path)
+        self._device_kind = device_kind(str(self.device.value))
+        self.device.changed.connect(self._on_device)
+        self.image_layer.changed.connect(self._pick_labels)
+        self._pick_labels()
+        self._eta_start: tuple[float, int] | None = None
+        make_scrollable(self)
 
     # --- choices --------------------------------------------------------------------------
     def _image_choices(self, _=None) -> list:
@@ -214,6 +280,39 @@ class SynthesizeWidget(Container):
         from napari.layers import Labels
 
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def reset_choices(self, *args: Any) -> None:
+        super().reset_choices(*args)
+        current = self.labels_layer.value
+        if current is None or not current.visible:
+            self._pick_labels()
+
+    def _pick_labels(self, *_: Any) -> None:
+        """Offer ``<image> labels`` (visible) first, never a hidden layer before a visible one."""
+        image = self.image_layer.value
+        layer = preferred_labels(self.viewer, image.name if image is not None else None)
+        if layer is not None and layer is not self.labels_layer.value:
+            self.labels_layer.value = layer
+
+    def _on_device(self, value: Any) -> None:
+        """Switch the CPU/GPU defaults of the fields the user has not changed."""
+        old, new = DEVICE_DEFAULTS[self._device_kind], DEVICE_DEFAULTS[device_kind(str(value))]
+        self._device_kind = device_kind(str(value))
+        for key, widget in (("steps", self.steps), ("crop_size", self.crop_size),
+                            ("width", self.net_width)):  # fmt: skip
+            if widget.value == old[key]:
+                widget.value = new[key]
+
+    def copy_path(self, *_: Any) -> None:
+        """Put the saved generator's full path on the clipboard."""
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.clipboard().setText(str(self.saved_path.value))
+        show_info(f"copied {self.saved_path.value}")
+
+    def _show_saved(self, path: Any) -> None:
+        self.saved_path.value = str(path)
+        self.saved_path.visible = self.copy_path_button.visible = True
 
     def _on_use_folders(self, value: bool) -> None:
         self.images_dir.visible = self.masks_dir.visible = self.mask_map.visible = bool(value)
@@ -262,6 +361,7 @@ class SynthesizeWidget(Container):
             crop_size=int(self.crop_size.value),
             device=str(self.device.value),
             time_limit_s=float(self.max_minutes.value) * 60 or None,
+            ngf=int(self.net_width.value),
         )
         kw.update(self.config_overrides)
         cfg = SynthConfig(**kw)
@@ -299,6 +399,7 @@ class SynthesizeWidget(Container):
             show_error(str(err))
             return
         self.status.value = "training pix2pix..."
+        self._eta_start = None
         self.runner.start(
             train_job, [source], out, cfg, float(self.val_split.value), bool(self.resume.value),
             bool(self.overwrite.value), {"source": "napari Synthesize widget"},
@@ -311,10 +412,20 @@ class SynthesizeWidget(Container):
         if kind == "status":
             if ev.message:
                 self.status.value = ev.message
-        elif ev.kind == "step" and (ev.step % 10 == 0 or ev.step == ev.total_steps):
-            self.status.value = (
-                f"step {ev.step}/{ev.total_steps}  L1 {ev.losses['l1']:.3f}  D {ev.losses['d']:.3f}"
-            )
+        elif ev.kind == "step":
+            now = time.monotonic()
+            if self._eta_start is None:  # the first step includes start-up: time from it
+                self._eta_start = (now, ev.step)
+            if ev.step % 10 == 0 or ev.step == ev.total_steps:
+                text = (
+                    f"step {ev.step}/{ev.total_steps}  L1 {ev.losses['l1']:.3f}  "
+                    f"D {ev.losses['d']:.3f}"
+                )
+                t0, s0 = self._eta_start
+                if ev.step > s0 and ev.step < ev.total_steps:
+                    left = (now - t0) / (ev.step - s0) * (ev.total_steps - ev.step)
+                    text += f"  {format_eta(left)}"
+                self.status.value = text
         elif ev.kind == "sample" and ev.image is not None:
             if SAMPLES_LAYER in self.viewer.layers:
                 self.viewer.layers[SAMPLES_LAYER].data = ev.image
@@ -322,11 +433,13 @@ class SynthesizeWidget(Container):
                 self.viewer.add_image(ev.image, name=SAMPLES_LAYER, rgb=True)
         elif ev.kind == "saved":
             self.model_path.value = ev.path
+            self._show_saved(ev.path)
 
     def _on_trained(self, result: Any) -> None:
         self.last_result = result
         if result.path is not None:
             self.model_path.value = result.path
+            self._show_saved(result.path)
         self.status.value = (
             f"trained {result.steps} steps in {result.seconds:.0f} s -> {result.path}"
         )

@@ -66,7 +66,14 @@ from ..training.assembly import (
 )
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
-from ._layers import PREDICTED_KEY, PREDICTION_KEY, canvas_size, viewer_camera
+from ._layers import (
+    PREDICTED_KEY,
+    PREDICTION_KEY,
+    canvas_size,
+    preferred_labels,
+    viewer_camera,
+)
+from ._layout import fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -240,6 +247,7 @@ class TrainWidget(Container):
         self._setup_plot()
         self._fix_status_size()
         self._add_corrections_section()
+        make_scrollable(self)  # docking never grows the window
 
         buttons = [self.start_button, self.resegment_button]
         self.runner = TaskRunner(buttons, self.cancel_button, self.status)
@@ -287,13 +295,17 @@ class TrainWidget(Container):
     def _on_image_changed(self, layer: Any) -> None:
         if layer is None:
             return
-        wanted = f"{layer.name} labels"
-        for name, lab in self._labels_choices():
-            if name == wanted:
-                self.labels_layer.value = lab
-                break
+        wanted = preferred_labels(self.viewer, layer.name)  # never a hidden one first
+        if wanted is not None:
+            self.labels_layer.value = wanted
         if not self._out_edited:
             self._set_out(suggest_output_path(layer.name))
+
+    def reset_choices(self, *args: Any) -> None:
+        super().reset_choices(*args)
+        current = self.labels_layer.value
+        if current is None or not current.visible:  # e.g. a hidden ground truth came first
+            self._on_image_changed(self.image_layer.value)
 
     def _set_out(self, path: Path) -> None:
         self._setting_out = True
@@ -318,11 +330,7 @@ class TrainWidget(Container):
 
     def _fix_status_size(self) -> None:
         """Changing status text must not re-layout the window (that re-renders the canvas)."""
-        from qtpy.QtWidgets import QSizePolicy
-
-        label = self.status.native
-        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        label.setWordWrap(False)
+        fit_label(self.status, wrap=False)  # one line, clipped; full text in the tooltip
 
     # --- the plot ------------------------------------------------------------
     def _setup_plot(self) -> None:
