@@ -15,9 +15,11 @@ from ..utils.generators import drive
 from ._common import (
     UserError,
     add_source_arguments,
+    add_synthetic_arguments,
     progress_bar,
     resolve_model_path,
     sources_from_args,
+    synthetic_from_args,
     validation_sources,
 )
 
@@ -56,6 +58,7 @@ def add_parser(sub) -> None:
         default=0.5,
         help="share of the training crops drawn from the replay data (default: 0.5)",
     )
+    add_synthetic_arguments(p)
     p.add_argument(
         "--from",
         dest="start",
@@ -242,6 +245,13 @@ def _run(args, dist_info) -> int:
         ensure_writable_dir(Path(args.out).parent)
     sources = sources_from_args(args, "train")
     val_sources = validation_sources(args)
+    synthetic = synthetic_from_args(args, say)
+    if synthetic is not None and synthetic.mode == "pretrain":
+        if args.resume:
+            raise UserError("--resume continues the fine-tuning run; leave out "
+                            "--synthetic-pretrain")  # fmt: skip
+        if dist_info is not None:
+            raise UserError("--synthetic-pretrain runs on one process; leave out --distributed")
     if args.resume:
         if args.start or args.pretrained:
             raise UserError("--resume continues the saved run; leave out --from and --pretrained")
@@ -260,6 +270,7 @@ def _run(args, dist_info) -> int:
             class_names=None if args.resume else class_names_from_args(args),
             masks_are=args.masks_are,
             instance_mode=args.instance_mode,
+            synthetic=synthetic,
         )
     )
     for note in assembled.notes:
@@ -271,25 +282,84 @@ def _run(args, dist_info) -> int:
     if dist_info is not None:
         cfg.device = dist_info.device
         say(f"distributed: {world} processes ({dist_info.backend}), this is rank {rank}")
+    provenance = {
+        "command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "world_size": world,
+        **(assembled.start.provenance if args.resume else {}),
+        **assembled.provenance,
+    }
+    start = assembled.start
+    if assembled.pretrain:
+        start, provenance = _pretrain(args, assembled, cfg, provenance, say)
     say(f"training on {len(assembled.train)} image(s), validating on {len(assembled.val)}")
     gen = train_segmentation(
         assembled.train,
         assembled.val,
         args.out,
-        start=assembled.start,
+        start=start,
         config=cfg,
         overwrite=args.overwrite,
-        provenance={
-            "command": "napari-segen " + " ".join(sys.argv[1:]) if sys.argv else "",
-            "world_size": world,
-            **(assembled.start.provenance if args.resume else {}),
-            **assembled.provenance,
-        },
+        provenance=provenance,
         rank=rank,
         world_size=world,
         resume=args.resume,
     )
-    bar = progress_bar(None, "training", args.quiet or not main_rank)
+    result = _drive(gen, args.quiet or not main_rank, main_rank)
+    if main_rank and result.still_improving:
+        say(still_improving_message(result, args.out))
+    if main_rank:
+        print(
+            json.dumps(
+                {
+                    "model": str(result.path),
+                    "best": result.best_metrics.get("foreground_dice"),
+                    "epochs": len(result.history),
+                    "seconds": round(result.seconds, 1),
+                    "still_improving": result.still_improving,
+                }
+            )
+        )
+    return 0
+
+
+def pretrain_path(out: str):
+    """Where ``--synthetic-pretrain`` writes the model of its first stage."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(f"{out.stem}.pretrain{out.suffix or '.safetensors'}")
+
+
+def _pretrain(args, assembled, cfg, provenance: dict, say):
+    """Stage 1 of ``--synthetic-pretrain``: the same trainer on the synthetic pairs alone
+    (validated on the real validation pairs). Returns the start model of stage 2 and
+    stage 2's provenance."""
+    from ..models.model_file import load_model
+    from ..training import train_segmentation
+    from ..utils.atomic import plan_outputs
+
+    first = pretrain_path(args.out)
+    plan_outputs(  # both stages' files checked before stage 1 starts
+        [(first, "the synthetic pre-training model"), (args.out, "the model")],
+        overwrite=args.overwrite,
+    )
+    say(f"stage 1 of 2: pre-training on {len(assembled.pretrain)} synthetic pair(s) -> {first}")
+    stage1 = {**provenance, "stage": "synthetic pretrain (1 of 2)"}
+    gen = train_segmentation(
+        assembled.pretrain, assembled.val, first, start=assembled.start, config=cfg,
+        overwrite=args.overwrite, provenance=stage1, save_last=False,
+    )  # fmt: skip
+    result = _drive(gen, args.quiet, True)
+    start = load_model(result.path) if result.path is not None else result.model
+    say(f"stage 2 of 2: fine-tuning the pre-trained model on the real pairs -> {args.out}")
+    synthetic = {**provenance.get("synthetic", {}), "pretrained_model": str(first),
+                 "pretrain_best": result.best_metrics.get("foreground_dice")}  # fmt: skip
+    return start, {**provenance, "synthetic": synthetic, "stage": "fine-tune (2 of 2)"}
+
+
+def _drive(gen, quiet: bool, main_rank: bool):
+    """Run a training generator to its end with a progress bar and one line per epoch."""
+    bar = progress_bar(None, "training", quiet)
     try:
 
         def _report(ev) -> None:
@@ -309,24 +379,9 @@ def _run(args, dist_info) -> int:
             elif ev.kind == "saved" and main_rank:
                 bar.write(f"  saved best model -> {ev.message}")
 
-        result = drive(gen, _report)
+        return drive(gen, _report)
     finally:
         bar.close()
-    if main_rank and result.still_improving:
-        say(still_improving_message(result, args.out))
-    if main_rank:
-        print(
-            json.dumps(
-                {
-                    "model": str(result.path),
-                    "best": result.best_metrics.get("foreground_dice"),
-                    "epochs": len(result.history),
-                    "seconds": round(result.seconds, 1),
-                    "still_improving": result.still_improving,
-                }
-            )
-        )
-    return 0
 
 
 def still_improving_message(result, out: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 from .conventions import IGNORE_INDEX
 from .datasets import LabeledImage
 from .layout import spatial_layout
+from .mixing import mix_sources
 from .sources import DENSE, labels_to_classes
 
 UNTOUCHED_MODES = ("keep", "ignore", "pseudo")
@@ -166,18 +167,12 @@ def with_replay(
     annotated pixels, so one corrected image next to twenty old ones would get
     a twentieth of them. Here the smaller side is listed several times (the
     dataset normalises a repeated pair once) so that about ``share`` of the
-    crops come from ``replay`` (at most ``max_repeat`` copies).
+    crops come from ``replay`` (at most ``max_repeat`` copies): the rule of
+    :func:`~napari_segen.data.mixing.mix_sources`, which synthetic pairs share.
     """
     pairs, replay = list(pairs), list(replay)
     if not replay or not pairs:
         return pairs + replay
     if not 0 < share < 1:
         raise ValueError(f"the replay share must be between 0 and 1, got {share}")
-    new = sum(int((p.mask != IGNORE_INDEX).sum()) for p in pairs) or 1
-    old = sum(int((p.mask != IGNORE_INDEX).sum()) for p in replay) or 1
-    ratio = (1 - share) / share * old / new  # copies of the new pairs for the wanted share
-    if ratio >= 1:
-        pairs = pairs * min(int(round(ratio)), max_repeat)
-    else:
-        replay = replay * min(int(round(1 / ratio)), max_repeat)
-    return pairs + replay
+    return mix_sources(pairs, replay, share, max_repeat)

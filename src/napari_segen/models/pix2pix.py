@@ -19,17 +19,24 @@ per-image class labels are not part of the training data this package reads.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
 
 
-def one_hot_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def one_hot_labels(
+    labels: torch.Tensor, num_classes: int, channels_last: bool = False
+) -> torch.Tensor:
     """``(B, H, W)`` integer class indices -> ``(B, K, H, W)`` float one-hot.
 
     Negative values (unannotated pixels) become all-zero vectors. A float
     ``(B, K, H, W)`` tensor is returned unchanged (it is taken as already encoded).
+
+    The result is contiguous NCHW: ``F.one_hot(...).permute(0, 3, 1, 2)`` would
+    give a channels-last view, which sends every following convolution down the
+    slower NHWC path on the CPU (forward+backward about 2x slower, see
+    ``benchmarks/pix2pix_speed.py``). ``channels_last=True`` asks for the
+    channels-last layout instead (what a channels-last model on CUDA wants).
     """
     if labels.is_floating_point():
         if labels.ndim != 4 or labels.shape[1] != num_classes:
@@ -46,9 +53,21 @@ def one_hot_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
             f"the label map holds class {int(labels.max())} but the generator knows "
             f"{num_classes} classes (0..{num_classes - 1})"
         )
-    valid = labels >= 0
-    onehot = F.one_hot(labels.clamp_min(0), num_classes).permute(0, 3, 1, 2).float()
-    return onehot * valid[:, None].float()
+    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1, 1)
+    onehot = (labels[:, None] == classes).float()  # negative labels match no class
+    if channels_last:
+        return onehot.contiguous(memory_format=torch.channels_last)
+    return onehot
+
+
+def _channels_last_on_cuda(module: nn.Module, labels: torch.Tensor) -> bool:
+    """Whether ``module`` was put in channels-last layout and runs on CUDA."""
+    if not labels.is_cuda:
+        return False
+    for p in module.parameters():
+        if p.ndim == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
@@ -173,7 +192,7 @@ class Pix2PixGenerator(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """Class indices ``(B, H, W)`` or one-hot ``(B, K, H, W)`` -> images ``(B, C, H, W)``."""
-        x = one_hot_labels(labels, self.num_classes)
+        x = one_hot_labels(labels, self.num_classes, _channels_last_on_cuda(self, labels))
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(
@@ -236,7 +255,8 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Patch logits ``(B, 1, h, w)`` for label maps (indices or one-hot) and images."""
-        x = one_hot_labels(labels, self.num_classes).to(image.dtype)
+        channels_last = _channels_last_on_cuda(self, labels)
+        x = one_hot_labels(labels, self.num_classes, channels_last).to(image.dtype)
         return self.model(torch.cat([x, image], 1))
 
 

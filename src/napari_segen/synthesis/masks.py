@@ -24,6 +24,19 @@ class MaskTransformConfig:
         elastic_alpha: elastic displacement magnitude in pixels (0 turns it off).
         elastic_sigma: smoothness (Gaussian sigma, pixels) of the displacement field.
         elastic_p: probability of an elastic deformation.
+        crop_p: probability of a multi-scale crop: a random window covering a
+            fraction of the mask's edge drawn from ``crop_scales``, resized back
+            to the full size (nearest-neighbour), so structures appear larger
+            than in any real mask. 0 turns it off.
+        crop_scales: the edge fractions a multi-scale crop picks from.
+        cutpaste_p: probability of a cut-and-paste: a random rectangle of
+            another source mask pasted into this one, so layouts that no single
+            real mask has appear. 0 turns it off (it needs several source masks).
+        cutpaste_size: (min, max) edge of the pasted rectangle as a fraction of
+            the mask's edge.
+
+    The mixing options (``crop_p``, ``cutpaste_p``) are off by default, so a
+    seed gives the same masks it gave before they existed.
     """
 
     flips: bool = True
@@ -32,12 +45,29 @@ class MaskTransformConfig:
     elastic_alpha: float = 20.0
     elastic_sigma: float = 8.0
     elastic_p: float = 0.7
+    crop_p: float = 0.0
+    crop_scales: tuple[float, ...] = (0.5, 0.75)
+    cutpaste_p: float = 0.0
+    cutpaste_size: tuple[float, float] = (0.2, 0.5)
 
     def __post_init__(self) -> None:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(
                 f"scale range must be two positive numbers, smallest first, got {self.scale_range}"
+            )
+        for name in ("elastic_p", "crop_p", "cutpaste_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability (0 to 1), got {getattr(self, name)}")
+        if not self.crop_scales or not all(0 < c <= 1 for c in self.crop_scales):
+            raise ValueError(
+                f"crop scales are fractions of the mask's edge (0 < c <= 1), got {self.crop_scales}"
+            )
+        lo, hi = self.cutpaste_size
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                "the cut-and-paste size is two fractions of the mask's edge, smallest first "
+                f"(0 < min <= max <= 1), got {self.cutpaste_size}"
             )
 
 
@@ -72,13 +102,59 @@ def elastic_deform(
     return ndimage.map_coordinates(mask, coords, order=0, mode="mirror")
 
 
+def multiscale_crop(
+    mask: np.ndarray, rng: np.random.Generator, scales: Sequence[float] = (0.5, 0.75)
+) -> np.ndarray:
+    """A random window of edge ``scale * edge`` (scale picked from ``scales``), resized back.
+
+    Nearest-neighbour, so the result holds only the source's values.
+    """
+    h, w = mask.shape
+    scale = float(scales[int(rng.integers(0, len(scales)))])
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    crop = mask[top : top + ch, left : left + cw]
+    rows = np.minimum((np.arange(h) * ch) // h, ch - 1)
+    cols = np.minimum((np.arange(w) * cw) // w, cw - 1)
+    return np.ascontiguousarray(crop[rows[:, None], cols[None, :]])
+
+
+def cut_paste(
+    mask: np.ndarray,
+    donor: np.ndarray,
+    rng: np.random.Generator,
+    size: tuple[float, float] = (0.2, 0.5),
+) -> np.ndarray:
+    """``mask`` with a random rectangle of ``donor`` pasted in (both 2D class maps).
+
+    The rectangle's edges are fractions (drawn from ``size``) of the smaller of
+    the two masks' edges; it is taken from a random place in ``donor`` and put at
+    a random place in ``mask``.
+    """
+    out = np.array(mask, copy=True)
+    hh, ww = min(mask.shape[0], donor.shape[0]), min(mask.shape[1], donor.shape[1])
+    ph = max(1, round(hh * rng.uniform(*size)))
+    pw = max(1, round(ww * rng.uniform(*size)))
+    sy = int(rng.integers(0, donor.shape[0] - ph + 1))
+    sx = int(rng.integers(0, donor.shape[1] - pw + 1))
+    ty = int(rng.integers(0, mask.shape[0] - ph + 1))
+    tx = int(rng.integers(0, mask.shape[1] - pw + 1))
+    out[ty : ty + ph, tx : tx + pw] = donor[sy : sy + ph, sx : sx + pw]
+    return out
+
+
 def random_mask_transform(
     mask: np.ndarray,
     rng: np.random.Generator,
     config: MaskTransformConfig | None = None,
     out_shape: tuple[int, int] | None = None,
+    donor: np.ndarray | None = None,
 ) -> np.ndarray:
     """One random transform of a 2D integer ``mask``; classes stay exactly those of the source.
+
+    With ``donor`` (another source mask) and ``config.cutpaste_p > 0`` the
+    result may also hold a rectangle of the donor's classes.
 
     Args:
         mask: ``(H, W)`` class indices (negative values, e.g. unannotated, are kept as they are).
@@ -86,6 +162,7 @@ def random_mask_transform(
         config: which transforms to apply.
         out_shape: shape of the result (default: the source's shape); scaled
             masks are cropped randomly or padded by mirroring to fit.
+        donor: another mask for cut-and-paste (see :class:`MaskTransformConfig`).
     """
     cfg = config or MaskTransformConfig()
     mask = np.asarray(mask)
@@ -96,6 +173,15 @@ def random_mask_transform(
         )
     shape = tuple(out_shape) if out_shape is not None else mask.shape
     out = mask
+    # Mixing first, so the geometric transforms below also apply to the mixed layout.
+    # Random numbers are drawn only for options that are on (old seeds, same masks).
+    if cfg.cutpaste_p > 0 and donor is not None and rng.random() < cfg.cutpaste_p:
+        donor = np.asarray(donor)
+        if donor.ndim != 2:
+            raise ValueError(f"the donor mask must be a 2D class map, got shape {donor.shape}")
+        out = cut_paste(out, donor.astype(mask.dtype, copy=False), rng, cfg.cutpaste_size)
+    if cfg.crop_p > 0 and rng.random() < cfg.crop_p:
+        out = multiscale_crop(out, rng, cfg.crop_scales)
     lo, hi = cfg.scale_range
     if hi > lo or lo != 1:
         s = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -124,13 +210,19 @@ def iter_random_masks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``n`` new masks, each a random transform of a source mask (cycled in order).
 
-    Yields ``(source index, new mask)``.
+    Yields ``(source index, new mask)``. With ``config.cutpaste_p > 0`` and
+    several masks, each transform gets a random other source mask as its donor.
     """
     if not masks:
         raise ValueError("no masks to transform: give at least one label map")
     if n < 0:
         raise ValueError(f"the number of masks must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
+    mixing = config is not None and config.cutpaste_p > 0 and len(masks) > 1
     for i in range(n):
         src = i % len(masks)
-        yield src, random_mask_transform(masks[src], rng, config, out_shape)
+        donor = None
+        if mixing:
+            other = int(rng.integers(0, len(masks) - 1))
+            donor = masks[other + (other >= src)]
+        yield src, random_mask_transform(masks[src], rng, config, out_shape, donor)

@@ -37,6 +37,14 @@ Synthesize widgets, ``napari-segen train`` and ``napari-segen synth train``):
    same count, other names = renamed; another count = a new final layer, the
    rest kept. A resumed run keeps its classes.
 
+**Synthetic pairs** (:class:`SyntheticData`, e.g. exported by ``napari-segen
+synth export``) are a training source of their own, never split and never
+validated on: ``"mix"`` lists them beside the real training pairs so they get at
+most ``share`` of the crops (:func:`~napari_segen.data.mixing.mix_sources`, the
+rule replay uses); ``"pretrain"`` hands them to the run as
+:attr:`SegmentationRun.pretrain`, to train on before the real pairs. Their
+masks must fit the run's classes.
+
 No Qt, no napari: the widgets run these generators in a worker thread, the CLI
 drives them with :func:`~napari_segen.utils.generators.drive`.
 """
@@ -77,6 +85,12 @@ MIN_REGION_ROWS = 32
 
 #: Start-model value meaning the bundled default model.
 DEFAULT_START = "default"
+
+#: How synthetic pairs join a segmentation run (see :class:`SyntheticData`).
+SYNTHETIC_MODES = ("mix", "pretrain")
+
+#: The largest share of the training crops synthetic pairs may get when mixed in.
+MAX_SYNTHETIC_SHARE = 0.5
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -469,6 +483,37 @@ def build_new_model(
 
 # --- runs ------------------------------------------------------------------------------------
 @dataclass
+class SyntheticData:
+    """Synthetic pairs for a segmentation run: where they are, and how they join it.
+
+    ``mode`` ``"mix"``: mixed into the training pairs with at most ``share``
+    of the crops (0: not used; more than :data:`MAX_SYNTHETIC_SHARE` is refused).
+    ``"pretrain"``: trained on first, then the real pairs fine-tune the result
+    (``share`` is not used).
+    """
+
+    source: Source
+    share: float = 0.0
+    mode: str = "mix"
+
+    def __post_init__(self) -> None:
+        if self.mode not in SYNTHETIC_MODES:
+            raise ValueError(
+                f"synthetic pairs are used by {' or '.join(SYNTHETIC_MODES)}, not {self.mode!r}"
+            )
+        if not 0 <= self.share <= MAX_SYNTHETIC_SHARE:
+            raise ValueError(
+                f"the synthetic share of the training crops must be between 0 and "
+                f"{MAX_SYNTHETIC_SHARE}, got {self.share}: more synthetic than real crops "
+                "teaches the generator's look rather than the real images'"
+            )
+
+    @property
+    def used(self) -> bool:
+        return self.mode == "pretrain" or self.share > 0
+
+
+@dataclass
 class SegmentationRun:
     """What :func:`~napari_segen.training.train_segmentation` needs, assembled."""
 
@@ -479,6 +524,8 @@ class SegmentationRun:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: One line each for the user: instance masks detected, classes renamed or a new head.
     notes: list[str] = field(default_factory=list)
+    #: Synthetic pairs to train on before ``train`` (``SyntheticData`` mode ``"pretrain"``).
+    pretrain: list[LabeledImage] = field(default_factory=list)
 
 
 @dataclass
@@ -566,6 +613,7 @@ def assemble_segmentation(
     class_names: Sequence[str] | None = None,
     masks_are: str = "auto",
     instance_mode: str = "boundary",
+    synthetic: SyntheticData | None = None,
 ) -> Generator[Progress, None, SegmentationRun]:
     """Read, split, name the classes and load or build the start model of a segmentation run.
 
@@ -583,10 +631,15 @@ def assemble_segmentation(
             start model (renamed, or a new final layer).
         masks_are: ``auto``, ``classes`` or ``instances`` (see :func:`read_masks_as`).
         instance_mode: ``boundary`` or ``binary``: the classes instance masks become.
+        synthetic: synthetic pairs (training only), mixed in or for pre-training.
     """
     read, train, val, provenance = yield from _read_and_split(
         sources, val_sources, val_fraction, seed
     )
+    synth: list[LabeledImage] = []
+    if synthetic is not None and synthetic.used:
+        yield Progress(0, 0, f"reading synthetic {_short(synthetic.source)}")
+        synth = synthetic.source.read().pairs
     yield Progress(0, 0, "preparing the start model")
     loaded = load_start(start)
     if not isinstance(loaded, NewModel):
@@ -607,9 +660,45 @@ def assemble_segmentation(
         if note:
             notes.append(note)
             provenance["classes_changed_from"] = list(known.class_names)
+    pretrain: list[LabeledImage] = []
+    if synth:
+        train, pretrain, note = _add_synthetic(train, synth, synthetic, len(names), provenance)
+        notes.append(note)
     for note in notes:
         yield Progress(0, 0, note)
-    return SegmentationRun(train, val, model, names, provenance, notes)
+    return SegmentationRun(train, val, model, names, provenance, notes, pretrain)
+
+
+def _add_synthetic(
+    train: list[LabeledImage],
+    synth: list[LabeledImage],
+    synthetic: SyntheticData,
+    num_classes: int,
+    provenance: dict[str, Any],
+) -> tuple[list[LabeledImage], list[LabeledImage], str]:
+    """(training pairs, pre-training pairs, a line for the user); records the provenance."""
+    from ..data.mixing import SYNTHETIC_MAX_REPEAT as most
+    from ..data.mixing import mix_sources, mixed_share
+
+    for p in synth:
+        check_mask_classes(f"synthetic {p.name or 'mask'}", p.mask, num_classes)
+    facts: dict[str, Any] = {**synthetic.source.describe(), "mode": synthetic.mode,
+                             "count": len(synth)}  # fmt: skip
+    if synthetic.mode == "pretrain":
+        provenance["synthetic"] = facts
+        note = (
+            f"pre-training on {len(synth)} synthetic pair(s), then fine-tuning on "
+            f"{len(train)} real one(s)"
+        )
+        return train, synth, note
+    got = mixed_share(train, synth, synthetic.share, most, at_most=True)
+    provenance["synthetic"] = {**facts, "share": synthetic.share, "crop_share": round(got, 4)}
+    mixed = mix_sources(train, synth, synthetic.share, most, at_most=True)
+    note = (
+        f"mixing {len(synth)} synthetic pair(s) into the training crops: "
+        f"~{got:.0%} of them (at most {synthetic.share:.0%}); never validated on"
+    )
+    return mixed, [], note
 
 
 def _fit_classes(

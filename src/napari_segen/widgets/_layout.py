@@ -77,6 +77,10 @@ def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
     return section
 
 
+#: The widest a dock's form may ask to be, in pixels.
+MAX_FORM_WIDTH = 420
+
+
 def make_scrollable(container: Container) -> Any:
     """Move ``container``'s contents into a vertical scroll area (call at the end of ``__init__``).
 
@@ -112,10 +116,14 @@ def make_scrollable(container: Container) -> Any:
     scroll.setObjectName(SCROLL_NAME)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # As wide as the form needs (capped, so four docks never push the canvas off the
+    # screen); a narrower dock scrolls sideways instead of clipping the fields.
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     scroll.setWidget(body)
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    scroll.setMinimumWidth(min(body.minimumSizeHint().width() + bar, MAX_FORM_WIDTH))
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(scroll)
     container._scroll_area = scroll
