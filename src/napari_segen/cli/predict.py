@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,21 @@ def add_parser(sub) -> None:
         description="Segment image files (or every image in the given folders) and write one "
         "label image per input, with the same name, into --out. --instances also writes the "
         "objects (one id per object) as <name>_objects.tif with a table <name>_objects.csv. "
-        "Existing files are kept unless --overwrite is given.",
+        "Existing files are kept unless --overwrite is given. "
+        "Images bigger than memory: a .zarr input, or --out NAME.zarr, segments one image "
+        "(zarr or TIFF) block by block into a zarr store (labels, optional probabilities/"
+        "uncertainty); an interrupted run resumes when started again (see docs/big_images.md).",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files or folders, or one .zarr array"
+    )
     add_model_argument(p)
-    p.add_argument("--out", "-o", required=True, help="output folder for the label images")
+    p.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help="output folder for the label images; a NAME.zarr path: block-wise mode",
+    )
     p.add_argument(
         "--format",
         choices=["png", "tif"],
@@ -70,6 +81,26 @@ def add_parser(sub) -> None:
         help="test-time augmentation: average over the 8 flips/rotations (8x slower, "
         "usually a little more accurate)",
     )
+    big = p.add_argument_group("block-wise mode (zarr input or --out NAME.zarr)")
+    big.add_argument(
+        "--block-size",
+        type=int,
+        default=2048,
+        help="output block edge in pixels: peak memory grows with it (default: 2048)",
+    )
+    big.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="run blocks on a running dask.distributed scheduler (e.g. tcp://host:8786)",
+    )
+    big.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run blocks on a local dask cluster of N single-threaded worker processes",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -106,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
             f"--halo must be from 0 to under half the tile size ({args.tile_size}), got {args.halo}"
         )
     device = resolve_device(args.device)  # fail before any work on a bad device
+    if _is_zarr(args.out) or any(_is_zarr(i) for i in args.inputs):
+        return run_blockwise(args)
+    if args.scheduler or args.workers:
+        raise UserError("--scheduler and --workers need block-wise mode: give --out NAME.zarr")
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -181,6 +216,95 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet or args.instances:  # the object count is a result, not progress
             print(line)
     return skipped.exit_code(len(files))
+
+
+def _is_zarr(path: str) -> bool:
+    return Path(path).suffix.lower() == ".zarr" or Path(path, "zarr.json").is_file()
+
+
+def run_blockwise(args: argparse.Namespace) -> int:
+    """One image (zarr or TIFF) block by block into the zarr store ``--out``."""
+    from ..inference.blockwise import (
+        BlockSettings,
+        StoreMismatchError,
+        iter_predict_blocks,
+        open_image,
+        start_client,
+    )
+    from ..utils.generators import drive
+
+    if len(args.inputs) != 1:
+        raise UserError(
+            f"block-wise mode segments one image into one store; got {len(args.inputs)} inputs"
+        )
+    if not _is_zarr(args.out):
+        raise UserError(f"a zarr input is segmented into a zarr store: give --out NAME.zarr, "
+                        f"not {args.out}")  # fmt: skip
+    for flag, given in (("--instances", args.instances), ("--format", args.format)):
+        if given:
+            raise UserError(f"{flag} is not available in block-wise mode (zarr output)")
+    if args.block_size < 16:
+        raise UserError(f"--block-size must be 16 or more, got {args.block_size}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be 1 or more, got {args.workers}")
+    if args.scheduler and args.workers:
+        raise UserError("give --scheduler or --workers, not both")
+    src, out = Path(args.inputs[0]), Path(args.out)
+    if not src.exists():
+        raise UserError(f"input not found: {src}")
+    if out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the input; give another path")
+    try:
+        open_image(src)  # a readable array, before any cluster starts
+    except Exception as err:  # zarr and tifffile raise many kinds  # noqa: BLE001
+        raise UserError(f"cannot read {src} as a zarr array or TIFF: {err}") from err
+    settings = BlockSettings(
+        block_size=args.block_size,
+        tile_size=args.tile_size,
+        overlap=None if args.halo is None else max(args.tile_size // 4, 2 * args.halo + 16),
+        halo=args.halo,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        probabilities=args.probabilities,
+        uncertainty=args.uncertainty,
+    )
+    client = start_client(args.scheduler, args.workers)
+    try:
+        gen = iter_predict_blocks(
+            str(resolve_model_path(args.model)),
+            str(src),
+            out,
+            settings=settings,
+            device=args.device,
+            overwrite=args.overwrite,
+            client=client,
+        )
+        with progress_bar(None, f"{src.name} (blocks)", args.quiet) as bar:
+
+            def _show(prog) -> None:
+                bar.total = prog.total
+                bar.n = prog.done
+                bar.set_postfix_str(prog.message, refresh=False)
+                bar.refresh()
+
+            try:
+                result = drive(gen, _show)
+            except StoreMismatchError as err:
+                raise UserError(str(err)) from err
+            except KeyboardInterrupt:
+                print(f"finished blocks are kept in {out}: run the same command again to "
+                      "resume", file=sys.stderr)  # fmt: skip
+                raise
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None) if not args.scheduler else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    if not args.quiet:
+        resumed = f", {result.skipped} already done" if result.skipped else ""
+        print(f"{src} -> {out} ({result.written} block(s) written{resumed})")
+    return 0
 
 
 def _write_tif(path: Path, data: np.ndarray, overwrite: bool) -> None:
