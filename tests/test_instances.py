@@ -11,22 +11,7 @@ from napari_segen.data.conventions import IGNORE_INDEX
 from napari_segen.data.instances import detect_mask_kind, instances_to_classes
 from napari_segen.inference.instances import find_instances, instance_method
 from napari_segen.metrics.instance import EMScores, ObjectScores, average_precision, iou_matrix
-
-
-def touching_discs(size: int = 96, seed: int = 0) -> np.ndarray:
-    """An instance label image of 9 discs in a grid, neighbours touching along a line."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    inst = np.zeros((size, size), np.int32)
-    r = size // 6
-    k = 0
-    for cy in (r, 3 * r, 5 * r):
-        for cx in (r, 3 * r, 5 * r):
-            k += 1
-            jy, jx = rng.integers(-1, 2, 2)
-            disc = (yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 <= (r + 1) ** 2
-            inst[disc & (inst == 0)] = k
-    return inst
+from synthetic_objects import touching_discs
 
 
 def test_detects_instance_masks_and_not_class_masks():

@@ -19,27 +19,13 @@ from napari_segen.cli import main
 from napari_segen.data.instances import INSTANCE_CLASS_NAMES
 from napari_segen.models import ModelSpec, build_model, load_model, save_model
 from napari_segen.models.model_file import LoadedModel
+from synthetic_objects import touching_discs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--depth", "2", "--base-channels", "8", "--crop-size", "64", "--batch-size", "2",
         "--samples-per-epoch", "4", "--device", "cpu", "-q"]  # fmt: skip
 BOUNDARY = INSTANCE_CLASS_NAMES["boundary"]
-
-
-def touching_discs(size: int = 96, jitter_seed: int = 0) -> np.ndarray:
-    """An instance label image of 9 discs in a 3 x 3 grid, neighbours touching."""
-    rng = np.random.default_rng(jitter_seed)
-    yy, xx = np.mgrid[:size, :size]
-    inst = np.zeros((size, size), np.uint16)
-    r = size // 6
-    k = 0
-    for cy in (r, 3 * r, 5 * r):
-        for cx in (r, 3 * r, 5 * r):
-            k += 1
-            jy, jx = rng.integers(-1, 2, 2)
-            inst[((yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 <= (r + 1) ** 2) & (inst == 0)] = k
-    return inst
 
 
 def disc_image(inst: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -55,7 +41,7 @@ def instance_folders(tmp_path_factory):
     (root / "images").mkdir()
     (root / "masks").mkdir()
     for k in range(2):
-        inst = touching_discs(jitter_seed=k)
+        inst = touching_discs(seed=k)
         Image.fromarray(disc_image(inst, k)).save(root / "images" / f"d{k}.png")
         tifffile.imwrite(root / "masks" / f"d{k}.tif", inst)
     return root
