@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..data.image_io import IMAGE_SUFFIXES
 
@@ -70,6 +72,19 @@ def progress_bar(total: int | None, desc: str, disable: bool = False):
     return tqdm(
         total=total, desc=desc, unit="step", disable=disable, leave=False, dynamic_ncols=True
     )
+
+
+def follow(bar) -> Callable[[Any], None]:
+    """An ``on_event`` for :func:`~napari_segen.utils.generators.drive` that moves ``bar``
+    to each event's ``done`` of ``total`` (a total of 0 means unknown: left as it is)."""
+
+    def update(event) -> None:
+        if event.total:
+            bar.total = event.total
+        bar.n = event.done
+        bar.refresh()
+
+    return update
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..utils.generators import drive
 from ..utils.jsonsafe import json_safe
-from ._common import UserError, progress_bar
+from ._common import UserError, follow, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -79,15 +79,8 @@ def _folder_images(folder: str) -> list[Path]:
 def _drive(gen, desc: str, quiet: bool):
     """Run a metrics generator with a tqdm bar; return its result."""
     bar = progress_bar(None, desc, disable=quiet)
-
-    def _update(event) -> None:
-        if event.total and bar.total != event.total:
-            bar.total = event.total
-        bar.n = event.done
-        bar.refresh()
-
     try:
-        return drive(gen, _update)
+        return drive(gen, follow(bar))
     finally:
         bar.close()
 

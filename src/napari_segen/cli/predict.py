@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import UserError, add_model_argument, expand_inputs, progress_bar, resolve_model_path
+from ._common import (
+    UserError,
+    add_model_argument,
+    expand_inputs,
+    follow,
+    progress_bar,
+    resolve_model_path,
+)
 
 
 def add_parser(sub) -> None:
@@ -186,13 +193,7 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta,
         )
         with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:
-
-            def _show(prog, bar=bar) -> None:
-                bar.total = prog.total
-                bar.n = prog.done
-                bar.refresh()
-
-            result = drive(gen, _show)
+            result = drive(gen, follow(bar))
         try:
             write_labels(outputs["labels"], result.labels, overwrite=args.overwrite)
         except OverwriteError as err:  # another run wrote it since the plan
@@ -280,12 +281,11 @@ def run_blockwise(args: argparse.Namespace) -> int:
             client=client,
         )
         with progress_bar(None, f"{src.name} (blocks)", args.quiet) as bar:
+            move = follow(bar)
 
             def _show(prog) -> None:
-                bar.total = prog.total
-                bar.n = prog.done
                 bar.set_postfix_str(prog.message, refresh=False)
-                bar.refresh()
+                move(prog)
 
             try:
                 result = drive(gen, _show)

@@ -19,6 +19,7 @@ from ._common import (
     UserError,
     add_source_arguments,
     expand_inputs,
+    follow,
     load_source_pairs,
     progress_bar,
     sources_from_args,
@@ -460,10 +461,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     filter_model = _filter_setup(args)
     bar = progress_bar(args.n, "exporting pairs", args.quiet)
-
-    def on_event(ev) -> None:
-        bar.n = ev.done
-        bar.refresh()
+    on_event = follow(bar)
 
     try:
         result = drive(
@@ -532,10 +530,7 @@ def _filter_export(args: argparse.Namespace, model, result) -> dict:
 
     scores = Path(args.out) / SCORES_NAME
     bar = progress_bar(result.count, "filtering pairs", args.quiet)
-
-    def on_event(ev) -> None:
-        bar.n = ev.done
-        bar.refresh()
+    on_event = follow(bar)
 
     try:
         filtered = drive(

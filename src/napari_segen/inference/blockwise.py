@@ -46,10 +46,10 @@ from ..data.normalize import NormStats, normalize_image, stats_from_counts, to_c
 from ..models.model_file import LoadedModel, load_model
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive, map_events
-from .predict import class_labels, softmax_predictor
+from .predict import class_labels, segmentation_predictor, size_multiple
 from .sliding_window import iter_sliding_window, plan_window
 from .tiling import blend_weights
-from .uncertainty import dihedral_tta, entropy_map
+from .uncertainty import entropy_map
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +291,8 @@ class _Prepared:
 def _prepare(model: LoadedModel | str, device: str, tta: bool) -> _Prepared:
     loaded = load_model(model, device="cpu") if isinstance(model, str) else model
     dev = resolve_device(device)
-    module = loaded.module.to(dev).eval()
-    predictor = softmax_predictor(module, dev)
-    if tta:
-        predictor = dihedral_tta(predictor)
-    return _Prepared(loaded, dev, predictor, int(getattr(module, "size_multiple", 1)))
+    predictor = segmentation_predictor(loaded, dev, tta)
+    return _Prepared(loaded, dev, predictor, size_multiple(loaded))
 
 
 def run_block(
@@ -488,7 +485,7 @@ def iter_predict_blocks(
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
     leading, is_rgb = spatial_layout(shape, settings.rgb)
     h, w = shape[len(leading) : len(leading) + 2]
-    multiple = int(getattr(loaded.module, "size_multiple", 1))
+    multiple = size_multiple(loaded)
     ys, xs = _block_grid((h, w), settings, multiple)
     planes = list(np.ndindex(*leading)) if leading else [()]
     total = len(planes) * len(ys) * len(xs)

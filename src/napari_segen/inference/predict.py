@@ -39,8 +39,9 @@ class Prediction:
     uncertainty: np.ndarray | None = None
 
 
-def _size_multiple(module: torch.nn.Module) -> int:
-    return int(getattr(module, "size_multiple", 1))
+def size_multiple(model: LoadedModel) -> int:
+    """The number both sides of the model's input must divide (1: any size)."""
+    return int(getattr(model.module, "size_multiple", 1))
 
 
 def softmax_predictor(module: torch.nn.Module, device: torch.device) -> Predictor:
@@ -52,6 +53,15 @@ def softmax_predictor(module: torch.nn.Module, device: torch.device) -> Predicto
         return torch.softmax(logits.float(), dim=1)
 
     return run
+
+
+def segmentation_predictor(
+    model: LoadedModel, device: torch.device, tta: bool = False
+) -> Predictor:
+    """What segments tiles with ``model`` on ``device``: class probabilities, averaged over
+    the 8 flips/rotations of each tile with ``tta``. Moves the model to ``device``."""
+    predictor = softmax_predictor(model.module.to(device).eval(), device)
+    return dihedral_tta(predictor) if tta else predictor
 
 
 def iter_predict(
@@ -89,11 +99,8 @@ def iter_predict(
     """
     leading, is_rgb = spatial_layout(tuple(image.shape), rgb)
     dev = resolve_device(device)
-    module = model.module.to(dev).eval()
-    predictor = softmax_predictor(module, dev)
-    if tta:
-        predictor = dihedral_tta(predictor)
-    multiple = _size_multiple(module)
+    predictor = segmentation_predictor(model, dev, tta)
+    multiple = size_multiple(model)
     h, w = image.shape[len(leading) : len(leading) + 2]
     layout, halo = plan_window((h, w), tile_size, overlap, halo, multiple)
     slices = list(np.ndindex(*leading)) if leading else [()]
