@@ -2,9 +2,9 @@
 
 Geometric transforms (flips, 90-degree rotations, elastic deformation) move
 image and mask together (flips and rotations are the crop sampler's, see
-:func:`napari_segen.data.sampler.flip_rotate`); the mask is resampled nearest-neighbour and pixels
-that come from outside the image become "unannotated". Intensity jitter
-touches the image only. Elastic deformation is torchvision's
+:func:`napari_segen.data.sampler.flip_rotate`); the mask is resampled
+nearest-neighbour and pixels that come from outside the image become
+"unannotated". Intensity jitter touches the image only. Elastic deformation is torchvision's
 ``transforms.v2.ElasticTransform``.
 """
 
@@ -17,7 +17,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .conventions import IGNORE_INDEX
-from .sampler import flip_rotate
 
 
 @dataclass
@@ -39,14 +38,6 @@ class AugmentConfig:
     elastic_p: float = 0.3
     elastic_alpha: float = 30.0
     elastic_sigma: float = 5.0
-
-
-def augment_pair(
-    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a ``(C, H, W)`` float image and its ``(H, W)`` int64 mask together."""
-    x, y = flip_rotate(x, y, cfg.flips, cfg.rot90)
-    return deform_and_jitter(x, y, cfg)
 
 
 def deform_and_jitter(

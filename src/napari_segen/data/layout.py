@@ -28,9 +28,3 @@ def is_rgb_shape(image_shape: tuple[int, ...], rgb: bool | None = None) -> bool:
     if rgb is not None:
         return bool(rgb)
     return len(image_shape) >= 3 and image_shape[-1] in (3, 4)
-
-
-def spatial_shape(image_shape: tuple[int, ...], rgb: bool | None = None) -> tuple[int, int]:
-    """The ``(H, W)`` of one plane of an image of ``image_shape``."""
-    leading, rgb_now = spatial_layout(image_shape, rgb)
-    return tuple(image_shape[len(leading) : len(leading) + 2])  # type: ignore[return-value]

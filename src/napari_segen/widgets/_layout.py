@@ -55,12 +55,6 @@ def fit_label(label: Label, *, wrap: bool = True, selectable: bool = True) -> La
     return label
 
 
-def status_label(value: str = "", **kwargs: Any) -> Label:
-    """A new status :class:`~magicgui.widgets.Label` made with :func:`fit_label`."""
-    wrap = kwargs.pop("wrap", True)
-    return fit_label(Label(value=value, **kwargs), wrap=wrap)
-
-
 def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
     """A collapsed superqt ``QCollapsible`` section holding ``widgets`` (a magicgui form).
 
