@@ -185,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
             image,
             tile_size=args.tile_size,
             halo=args.halo,
-            overlap=None if args.halo is None else max(args.tile_size // 4, 2 * args.halo + 16),
             batch_size=args.batch_size,
             device=device,
             return_probabilities=args.probabilities or args.instances,
@@ -262,7 +261,6 @@ def run_blockwise(args: argparse.Namespace) -> int:
     settings = BlockSettings(
         block_size=args.block_size,
         tile_size=args.tile_size,
-        overlap=None if args.halo is None else max(args.tile_size // 4, 2 * args.halo + 16),
         halo=args.halo,
         batch_size=args.batch_size,
         tta=args.tta,
