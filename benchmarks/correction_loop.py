@@ -1,26 +1,31 @@
-"""Benchmark: do corrections chosen by uncertainty teach the model more than random ones?
+"""Benchmark: do a user's corrections pay off, and do uncertainty-chosen regions pay off more?
 
 A simulated annotator on ISBI 2012 (CPU):
 
 1. A U-Net is trained briefly on 2 annotated slices (train 00-01): the model a
    user starts from.
-2. It segments a pool of unannotated slices (train 02-07) with test-time
-   augmentation; each slice is cut into 128x128 tiles.
-3. The annotator corrects a budget of K tiles with the ground truth (inside a
-   corrected tile every pixel is right; elsewhere nothing is annotated), chosen
-   (a) by the model's uncertainty (mean TTA entropy, most uncertain first, at
-   most ``--per-image`` tiles from one slice), (b) at random, or (c) none: the
-   same fine-tune on the old data only.
-4. Each arm fine-tunes the start model for the same number of steps with the
-   same settings, replaying the 2 original slices (corrected tiles are listed
-   ``--repeat`` times so they get about as many crops as the replay), for each
-   of ``--seeds`` seeds.
-5. Held-out membrane Dice on test slices 20-23 (never seen): mean and spread.
+2. The user's new images (train 02-07) come from a new acquisition
+   (``--shift blur``: Gaussian blur, sigma 2 px; ``--shift none``: as they are).
+   The model segments them with test-time augmentation; each is cut into
+   128x128 tiles.
+3. The annotator reviews a budget of K tiles and makes every pixel there right
+   (the ground truth), chosen (a) by the model's uncertainty (mean TTA entropy,
+   most uncertain first, at most ``--per-image`` tiles from one slice: the
+   "Next region to correct" order), (b) at random, or (c) none: the same
+   fine-tune on the old data only (the control).
+4. The training pairs are the product's: ``data.corrections.correction_pairs``
+   with the reviewed tiles (fixed pixels weight 2, accepted pixels there 1,
+   everything outside them ``--untouched``), mixed with the 2 old slices by
+   ``with_replay``. Each arm fine-tunes the start model for the same steps with
+   the same settings, for each of ``--seeds`` seeds.
+5. Held-out membrane Dice on test slices 20-23 (never seen) of the new
+   acquisition, and on the original 20-23 (does the model forget?): mean and
+   spread.
 
 Also printed: how well the start model's uncertainty detects its own wrong
 pixels on the held-out slices (AUROC, 0.5 = chance), with and without TTA.
 
-    python benchmarks/correction_loop.py [--budget 8] [--seeds 3] [--json out.json]
+    python benchmarks/correction_loop.py [--shift blur] [--budget 8] [--seeds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from napari_segen._sample_data import ISBI_MASK_MAP
+from napari_segen.data.corrections import UNTOUCHED_MODES, correction_pairs, with_replay
 from napari_segen.data.datasets import LabeledImage
 from napari_segen.data.image_io import read_image, read_mask
 from napari_segen.inference import predict
@@ -66,18 +73,34 @@ def tta_probabilities(model, image: np.ndarray) -> np.ndarray:
     ).probabilities
 
 
-def corrected_pairs(pool: list[LabeledImage], tiles: list[tuple[int, int, int]], repeat: int):
-    """Each chosen ``(image, y, x)`` tile as its own fully annotated pair, ``repeat`` times.
+def blurred(image: np.ndarray) -> np.ndarray:
+    """The same tissue from a blurrier acquisition (Gaussian, sigma 2 px)."""
+    return ndimage.gaussian_filter(image.astype(np.float32), 2.0).astype(np.uint8)
 
-    The annotator made every pixel of a corrected tile right; the rest of the
-    image was never looked at, so it is not training data. Repeating the tiles
-    gives the corrections about as many training crops as the replayed data.
+
+def corrected_pairs(
+    pool: list[LabeledImage],
+    predictions: list[np.ndarray],
+    tiles: list[tuple[int, int, int]],
+    untouched: str,
+) -> list[LabeledImage]:
+    """What the user trains on after reviewing ``tiles`` (``(image, y, x)``): the product's pairs.
+
+    The Labels layer starts as the model's prediction; in each reviewed tile the
+    annotator makes every pixel right (the ground truth). ``correction_pairs``
+    then weights the pixels they changed, keeps the ones they accepted there,
+    and treats the rest by ``untouched``.
     """
     out = []
-    for i, y, x in tiles:
-        p = pool[i]
-        sl = (slice(y, y + TILE), slice(x, x + TILE))
-        out += [LabeledImage(p.image[sl], p.mask[sl], f"{p.name} tile {y},{x}")] * repeat
+    for i in sorted({t[0] for t in tiles}):
+        p, pred = pool[i], predictions[i]
+        labels, reviewed = pred.copy(), np.zeros(pred.shape, bool)
+        for _, y, x in (t for t in tiles if t[0] == i):
+            sl = (slice(y, y + TILE), slice(x, x + TILE))
+            labels[sl], reviewed[sl] = p.mask[sl], True
+        out += correction_pairs(
+            p.image, labels, pred, reviewed=reviewed, untouched=untouched, name=p.name
+        )
     return out
 
 
@@ -100,17 +123,34 @@ def main() -> None:
     ap.add_argument("--base-epochs", type=int, default=12)
     ap.add_argument("--tune-epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=2e-3, help="learning rate of the start model")
-    ap.add_argument("--tune-lr", type=float, default=5e-4, help="learning rate of fine-tuning")
+    ap.add_argument("--tune-lr", type=float, default=1e-3, help="learning rate of fine-tuning")
     ap.add_argument("--per-image", type=int, default=2, help="most tiles chosen from one image")
-    ap.add_argument("--repeat", type=int, default=4, help="times each corrected tile is listed")
+    ap.add_argument(
+        "--shift",
+        choices=("blur", "none"),
+        default="blur",
+        help="the new images' acquisition: blurrier than the old ones, or the same",
+    )
+    ap.add_argument(
+        "--untouched",
+        choices=UNTOUCHED_MODES,
+        default="ignore",
+        help="pixels outside the reviewed tiles",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
+    new_kind = blurred if args.shift == "blur" else (lambda image: image)
+
+    def acquired(p: LabeledImage) -> LabeledImage:
+        return LabeledImage(new_kind(p.image), p.mask, p.name)
+
     base_pairs = [pair("train", 0), pair("train", 1)]
-    pool = [pair("train", i) for i in range(2, 8)]
-    test = [pair("test", i) for i in (20, 21, 22, 23)]
+    pool = [acquired(pair("train", i)) for i in range(2, 8)]
+    test_old = [pair("test", i) for i in (20, 21, 22, 23)]
+    test = [acquired(p) for p in test_old]
     spec = new_unet_spec(1, CLASSES, depth=3, base_channels=16)
 
     def config(epochs: int, seed: int, n_images: int, lr: float) -> TrainConfig:
@@ -124,8 +164,11 @@ def main() -> None:
             base_pairs, [], None, start=spec, config=config(args.base_epochs, 0, 4, args.lr)
         )
     ).model
-    base_dice = membrane_dice(base, test)
-    print(f"start model (2 slices, {time.monotonic() - t0:.0f}s): held-out Dice {base_dice:.4f}")
+    base_dice, base_old = membrane_dice(base, test), membrane_dice(base, test_old)
+    print(
+        f"start model (2 slices, {time.monotonic() - t0:.0f}s): held-out Dice {base_dice:.4f} "
+        f"on the new acquisition ({args.shift}), {base_old:.4f} on the old one"
+    )
 
     # How well does uncertainty find the model's mistakes on the held-out slices?
     auroc_tta, auroc_one = [], []
@@ -140,38 +183,60 @@ def main() -> None:
         f"one pass {np.mean(auroc_one):.3f}"
     )
 
-    ranked = []
+    ranked, predictions = [], []
     for i, p in enumerate(pool):
-        u = entropy_map(tta_probabilities(base, p.image))
-        ranked += [(r.score, i, r.y, r.x) for r in rank_regions(u, TILE)]
+        probs = tta_probabilities(base, p.image)
+        predictions.append(probs.argmax(0).astype(np.uint8))
+        ranked += [(r.score, i, r.y, r.x) for r in rank_regions(entropy_map(probs), TILE)]
     ranked.sort(key=lambda t: -t[0])
     chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
 
+    wrong_in = {
+        "all tiles": np.mean(
+            [(q != p.mask).mean() for q, p in zip(predictions, pool, strict=True)]
+        ),
+        "uncertainty-chosen": np.mean(
+            [(predictions[i] != pool[i].mask)[y : y + TILE, x : x + TILE].mean()
+             for i, y, x in chosen_unc]
+        ),
+    }  # fmt: skip
+    print("wrong pixels of the start model: " + ", ".join(
+        f"{k} {v:.1%}" for k, v in wrong_in.items()))  # fmt: skip
+
     results: dict[str, list[float]] = {"uncertainty": [], "random": [], "none": []}
+    results_old: dict[str, list[float]] = {k: [] for k in results}
     for seed in range(args.seeds):
         rng = np.random.default_rng(100 + seed)
         all_tiles = [(i, y, x) for _, i, y, x in ranked]
         chosen_rnd = [all_tiles[j] for j in rng.choice(len(all_tiles), args.budget, replace=False)]
         arms = {
-            "uncertainty": corrected_pairs(pool, chosen_unc, args.repeat),
-            "random": corrected_pairs(pool, chosen_rnd, args.repeat),
+            "uncertainty": corrected_pairs(pool, predictions, chosen_unc, args.untouched),
+            "random": corrected_pairs(pool, predictions, chosen_rnd, args.untouched),
             "none": [],
         }
-        for arm, extra in arms.items():
+        for arm, corrected in arms.items():
             # Same steps in every arm: samples per epoch fixed, not scaled with the data.
             cfg = config(args.tune_epochs, seed, 4, args.tune_lr)
-            run = train_segmentation(base_pairs + extra, [], None, start=base, config=cfg)
-            tuned = drive(run).model
-            d = membrane_dice(tuned, test)
+            data = with_replay(corrected, base_pairs)
+            tuned = drive(train_segmentation(data, [], None, start=base, config=cfg)).model
+            d, d_old = membrane_dice(tuned, test), membrane_dice(tuned, test_old)
             results[arm].append(d)
-            print(f"seed {seed} {arm:<12} Dice {d:.4f}  ({time.monotonic() - t0:.0f}s)", flush=True)
+            results_old[arm].append(d_old)
+            print(
+                f"seed {seed} {arm:<12} Dice {d:.4f} (old acquisition {d_old:.4f})  "
+                f"({time.monotonic() - t0:.0f}s)",
+                flush=True,
+            )
 
     print(
-        f"\nbudget {args.budget} tiles of {TILE}px, {args.seeds} seeds; start model {base_dice:.4f}"
+        f"\nnew acquisition: {args.shift}; budget {args.budget} tiles of {TILE}px, untouched "
+        f"{args.untouched}, {args.seeds} seeds; start model {base_dice:.4f} (old {base_old:.4f})"
     )
-    print(f"{'arm':<14}{'mean Dice':>10}{'std':>8}   per seed")
+    print(f"{'arm':<14}{'mean Dice':>10}{'std':>8}{'old acq.':>10}   per seed")
     for arm, v in results.items():
-        print(f"{arm:<14}{np.mean(v):>10.4f}{np.std(v):>8.4f}   {', '.join(f'{x:.4f}' for x in v)}")
+        per_seed = ", ".join(f"{x:.4f}" for x in v)
+        old = np.mean(results_old[arm])
+        print(f"{arm:<14}{np.mean(v):>10.4f}{np.std(v):>8.4f}{old:>10.4f}   {per_seed}")
     unc, rnd, none = (np.array(results[k]) for k in ("uncertainty", "random", "none"))
     spread = max(unc.std(), rnd.std(), none.std())
     print(
@@ -182,9 +247,13 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
+                    "shift": args.shift,
+                    "untouched": args.untouched,
                     "budget": args.budget,
                     "seeds": args.seeds,
                     "start_dice": base_dice,
+                    "start_dice_old_acquisition": base_old,
+                    "results_old_acquisition": results_old,
                     "auroc_tta": float(np.mean(auroc_tta)),
                     "auroc_one_pass": float(np.mean(auroc_one)),
                     "results": results,

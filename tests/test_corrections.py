@@ -62,6 +62,33 @@ def test_pseudo_mode_lowers_the_weight_of_untouched_pixels():
         correction_pair(image, labels, prediction, untouched="forget")
 
 
+def test_reviewed_regions_keep_what_the_user_accepted_there():
+    """The user reviewed the left half (one fix there) and never looked at the right half:
+    with "ignore", the accepted pixels of the reviewed half still train, the rest does not."""
+    image, labels, prediction = _fixture()
+    reviewed = np.zeros((6, 6), bool)
+    reviewed[:, :3] = True
+    p = correction_pair(image, labels, prediction, untouched="ignore", reviewed=reviewed)
+    changed = labels != prediction
+    assert (p.weight[changed] == 2).all()
+    accepted = reviewed & ~changed
+    assert (p.weight[accepted] == 1).all()
+    np.testing.assert_array_equal(p.mask[accepted], prediction[accepted])
+    assert (p.mask[~reviewed] == IGNORE_INDEX).all() and (p.weight[~reviewed] == 0).all()
+    # a reviewed region with nothing to fix is still training data
+    assert correction_pair(image, prediction, prediction, untouched="ignore", reviewed=reviewed)
+    # stacks: one reviewed mask per slice
+    pairs = correction_pairs(
+        np.stack([image, image]), np.stack([labels, labels]),
+        np.stack([prediction, prediction]), reviewed=np.stack([reviewed, ~reviewed]),
+        untouched="ignore",
+    )  # fmt: skip
+    assert (pairs[1].mask[accepted] == IGNORE_INDEX).all()  # not reviewed in slice 1
+    np.testing.assert_array_equal(pairs[1].mask[changed], labels[changed])  # fixes always count
+    with pytest.raises(ValueError, match="reviewed regions have shape"):
+        correction_pair(image, labels, prediction, reviewed=reviewed[:4])
+
+
 def test_stack_corrections_per_slice():
     image, labels, prediction = _fixture()
     stack = np.stack([image, image, image])

@@ -18,6 +18,12 @@ the user looked at and accepted (or never looked at). So:
   - ``"pseudo"``: labels as they are with a lower weight (``pseudo_weight``,
     default 0.3): pseudo-labels that count less than real annotation.
 
+  Pixels inside the regions the user **reviewed** (``reviewed``: e.g. the tiles
+  visited with "Next region to correct") are kept with weight 1 whatever the
+  mode: there the user looked and accepted what the model drew, which is
+  annotation too. So "correct the K most uncertain tiles, ignore the rest" is
+  ``untouched="ignore"`` with ``reviewed`` = those tiles.
+
 **Replay** (:func:`with_replay`): fine-tuning on the corrected images alone
 drifts away from what the model learned before; adding the data it was
 trained on keeps it, and listing the new pairs several times gives them a fair
@@ -51,6 +57,7 @@ def correction_pair(
     changed_weight: float = CHANGED_WEIGHT,
     untouched: str = "keep",
     pseudo_weight: float = PSEUDO_WEIGHT,
+    reviewed: np.ndarray | None = None,
     name: str = "corrected",
     rgb: bool | None = None,
 ) -> LabeledImage:
@@ -64,6 +71,8 @@ def correction_pair(
         untouched: what the other pixels are: ``"keep"``, ``"ignore"`` or
             ``"pseudo"`` (see the module docstring).
         pseudo_weight: weight of the untouched pixels with ``"pseudo"``.
+        reviewed: bool, same shape: pixels the user looked at; untouched ones
+            there are kept with weight 1 in every mode (None: no such region).
         name: the pair's name.
         rgb: whether the image's last axis is colour (None: from its shape).
 
@@ -87,11 +96,20 @@ def correction_pair(
             f"shape {labels.shape}; segment the image again before correcting it"
         )
     changed = labels != prediction
+    accepted = np.zeros_like(changed)
+    if reviewed is not None:
+        accepted = np.asarray(reviewed, bool)
+        if accepted.shape != labels.shape:
+            raise ValueError(
+                f"{name}: the reviewed regions have shape {accepted.shape} but the labels have "
+                f"shape {labels.shape}"
+            )
     untouched_weight = {"keep": 1.0, "ignore": 0.0, "pseudo": pseudo_weight}[untouched]
-    weight = np.where(changed, np.float32(changed_weight), np.float32(untouched_weight))
+    weight = np.where(accepted, np.float32(1.0), np.float32(untouched_weight))
+    weight[changed] = changed_weight
     if untouched == "ignore":
-        labels[~changed] = IGNORE_INDEX
-        if not changed.any():
+        labels[~(changed | accepted)] = IGNORE_INDEX
+        if not (changed | accepted).any():
             raise ValueError(
                 f"{name}: no pixel differs from the model's segmentation, and untouched pixels "
                 "are ignored: correct some labels first (or keep the untouched pixels)"
@@ -105,6 +123,7 @@ def correction_pairs(
     model_prediction: np.ndarray,
     predicted: np.ndarray | None = None,
     *,
+    reviewed: np.ndarray | None = None,
     name: str = "corrected",
     rgb: bool | None = None,
     **options,
@@ -117,6 +136,8 @@ def correction_pairs(
         predicted: bool over the stack axes (a scalar for one image): which slices
             the model segmented. A slice it did not segment is plain dense
             labels (weight 1) when anything is painted on it, else skipped.
+        reviewed: bool, the labels' shape: the regions the user reviewed (see
+            :func:`correction_pair`); None: none.
         name, rgb: as in :func:`correction_pair` (slices are named ``name[z]``).
         **options: ``changed_weight``, ``untouched``, ``pseudo_weight``.
 
@@ -143,7 +164,10 @@ def correction_pairs(
             continue
         if not (lab.any() or pred.any()):
             continue
-        pairs.append(correction_pair(plane, lab, pred, name=slice_name, rgb=is_rgb, **options))
+        seen = None if reviewed is None else np.asarray(reviewed[idx], bool)
+        pairs.append(
+            correction_pair(plane, lab, pred, reviewed=seen, name=slice_name, rgb=is_rgb, **options)
+        )
     if not pairs:
         raise ValueError(f"nothing is segmented or painted over {name!r}: segment it first")
     return pairs
