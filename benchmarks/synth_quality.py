@@ -18,6 +18,14 @@ pix2pix | class mean | untrained) is written for looking at.
 
     python benchmarks/synth_quality.py --out bench_out/synth_quality \
         --montage docs/synth_isbi_montage.png
+
+``--preset texture`` trains the texture variant instead (resize-then-convolve
+up-sampling, decoder noise, 2-scale discriminator, feature matching; see
+``synthesis.trainer.PRESETS``), ``--set KEY=VALUE`` changes single
+``SynthConfig`` fields (ablations), and ``--compare FILE`` scores generators
+trained before (e.g. the other preset's) in the same table and montage.
+Generated images use seed ``--seed + i`` for held-out mask ``i`` (it picks a
+noise generator's noise).
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ def score(reals, fakes, real_crops_train, device) -> dict:
 
 
 def montage(masks, columns, path: Path, size: int = 256) -> None:
-    """Rows: held-out images; columns: mask | real | pix2pix | class mean | untrained."""
+    """Rows: held-out images; columns: mask, then ``columns`` (real | generated | ... )."""
     from PIL import Image
 
     rows = []
@@ -103,10 +111,46 @@ def montage(masks, columns, path: Path, size: int = 256) -> None:
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``["fm_weight=0", "upsample=resize"]`` -> ``{"fm_weight": 0, "upsample": "resize"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_out/synth_quality", help="folder for the run's files")
-    ap.add_argument("--montage", default="docs/synth_isbi_montage.png")
+    ap.add_argument(
+        "--montage",
+        default=None,
+        help="montage file (default: docs/synth_isbi_montage.png, or "
+        "docs/synth_isbi_montage_<preset>.png for another preset)",
+    )
+    ap.add_argument(
+        "--preset", default="pix2pix", help="training recipe: pix2pix (the paper's) or texture"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a SynthConfig field, e.g. --set fm_weight=0 (repeatable)",
+    )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also score this generator file (trained before) in the same table",
+    )
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=32, help="ngf and ndf")
@@ -121,11 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.montage is None:
+        suffix = "" if args.preset == "pix2pix" else f"_{args.preset}"
+        args.montage = f"docs/synth_isbi_montage{suffix}.png"
 
     from napari_segen.data.datasets import pairs_from_folders
     from napari_segen.models import build_model
     from napari_segen.models.model_file import LoadedModel
-    from napari_segen.synthesis.generate import generate_tensor, to_unit
+    from napari_segen.synthesis.generate import generate_tensor, load_generator, to_unit
     from napari_segen.synthesis.quality import real_to_unit
     from napari_segen.synthesis.trainer import SynthConfig, _init_weights, train_pix2pix
     from napari_segen.utils.generators import drive
@@ -134,13 +181,19 @@ def main(argv=None) -> int:
     test = pairs_from_folders(ISBI / "test/images", ISBI / "test/masks", value_map=VALUE_MAP)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gen_path = out / "isbi-pix2pix.safetensors"
-    cfg = SynthConfig(
-        steps=args.steps, crop_size=args.crop_size, ngf=args.width, ndf=args.width,
-        device=args.device, seed=args.seed, sample_every=200, checkpoint_every=400,
-        time_limit_s=args.time_limit, evaluate=False,
+    gen_path = out / f"isbi-{args.preset}.safetensors"
+    cfg = SynthConfig.from_preset(
+        args.preset,
+        **{
+            **dict(
+                steps=args.steps, crop_size=args.crop_size, ngf=args.width, ndf=args.width,
+                device=args.device, seed=args.seed, sample_every=200, checkpoint_every=400,
+                time_limit_s=args.time_limit, evaluate=False,
+            ),
+            **parse_settings(args.set),
+        },
     )  # fmt: skip
-    print(f"training pix2pix on {len(train)} ISBI pairs: {cfg}", file=sys.stderr)
+    print(f"training {args.preset} on {len(train)} ISBI pairs: {cfg}", file=sys.stderr)
     t0 = time.monotonic()
     gen = train_pix2pix(
         train, gen_path, config=cfg, class_names=["cell interior", "membrane"], overwrite=True,
@@ -172,14 +225,23 @@ def main(argv=None) -> int:
     real_train = [real_to_unit(p.image, model) for p in train]
 
     def gen_all(m, tile=None):
-        return [to_unit(generate_tensor(m, p.mask, device=dev, tile_size=tile)) for p in test]
+        return [
+            to_unit(generate_tensor(m, p.mask, device=dev, tile_size=tile, seed=args.seed + i))
+            for i, p in enumerate(test)
+        ]
 
+    main_name = f"{args.preset} (whole image)"
     fakes = {
-        "pix2pix (whole image)": gen_all(model),
-        f"pix2pix (tiles of {args.crop_size * 2})": gen_all(model, args.crop_size * 2),
-        "baseline: class-mean intensity": class_mean_images(train, test, model),
-        "baseline: untrained generator": gen_all(untrained),
+        main_name: gen_all(model),
+        f"{args.preset} (tiles of {args.crop_size * 2})": gen_all(model, args.crop_size * 2),
     }
+    compared = []
+    for path in args.compare:
+        name = f"{Path(path).stem} (file)"
+        fakes[name] = gen_all(load_generator(path))
+        compared.append(name)
+    fakes["baseline: class-mean intensity"] = class_mean_images(train, test, model)
+    fakes["baseline: untrained generator"] = gen_all(untrained)
     scores = {name: score(reals, f, None, dev) for name, f in fakes.items()}
     from napari_segen.metrics.fid import set_distance
 
@@ -190,17 +252,16 @@ def main(argv=None) -> int:
     }  # fmt: skip
     montage(
         [p.mask for p in test],
-        [reals, fakes["pix2pix (whole image)"], fakes["baseline: class-mean intensity"],
-         fakes["baseline: untrained generator"]],
+        [reals, fakes[main_name], *(fakes[n] for n in compared),
+         fakes["baseline: class-mean intensity"], fakes["baseline: untrained generator"]],
         Path(args.montage),
     )  # fmt: skip
 
-    main_name = "pix2pix (whole image)"
     m = scores[main_name]
     dist_key = "fid" if m["fid"] is not None else "feature_distance"
     print()
     print(
-        f"ISBI 2012, 4 held-out masks; pix2pix {result.steps} steps in {train_s:.0f} s "
+        f"ISBI 2012, 4 held-out masks; {args.preset} {result.steps} steps in {train_s:.0f} s "
         f"(crop {args.crop_size}, width {args.width}, CPU threads {args.threads})"
     )
     print(
@@ -211,18 +272,20 @@ def main(argv=None) -> int:
             else "  [NOT FID: no Inception weights; comparable only within this run]"
         )
     )
-    print(f"{'':34s} {'SSIM':>7s} {'PSNR dB':>8s} {dist_key:>17s}")
+    print(f"{'':40s} {'SSIM':>7s} {'PSNR dB':>8s} {dist_key:>17s}")
     for name, s in scores.items():
-        print(f"{name:34s} {s['ssim']:7.4f} {s['psnr']:8.2f} {s[dist_key]:17.4f}")
-    print(f"{'reference: real train vs held-out':34s} {'':7s} {'':8s} {reference[dist_key]:17.4f}")
-    for base in ("baseline: class-mean intensity", "baseline: untrained generator"):
+        print(f"{name:40s} {s['ssim']:7.4f} {s['psnr']:8.2f} {s[dist_key]:17.4f}")
+    print(f"{'reference: real train vs held-out':40s} {'':7s} {'':8s} {reference[dist_key]:17.4f}")
+    for base in ("baseline: class-mean intensity", "baseline: untrained generator", *compared):
         b = scores[base]
         print(
-            f"pix2pix vs {base[10:]}: SSIM {m['ssim'] - b['ssim']:+.4f}, "
+            f"{args.preset} vs {base.removeprefix('baseline: ')}: "
+            f"SSIM {m['ssim'] - b['ssim']:+.4f}, "
             f"PSNR {m['psnr'] - b['psnr']:+.2f} dB, {dist_key} x{m[dist_key] / b[dist_key]:.3f}"
         )
     summary = {
         "steps": result.steps, "train_seconds": round(train_s, 1), "config": vars(args),
+        "synth_config": vars(cfg),
         "scores": scores, "reference_real_vs_real": reference,
         "history": result.history, "generator": str(gen_path), "montage": args.montage,
     }  # fmt: skip

@@ -120,6 +120,48 @@ def test_train_resume_and_refusals(generator, folders, capsys):
     assert summary["steps"] == 8
 
 
+def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, monkeypatch):
+    from napari_segen.cli.synth import PRESET_NAMES
+    from napari_segen.synthesis import trainer
+
+    assert tuple(trainer.PRESETS) == PRESET_NAMES
+    seen = []
+    real = trainer.train_pix2pix
+
+    def spy(*args, config, **kwargs):
+        seen.append(config)
+        return real(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_pix2pix", spy)
+    base = ["synth", "train", "--images", str(folders / "images"), "--masks",
+            str(folders / "masks"), "--crop-size", "32", "--ngf", "4", "--ndf", "4",
+            "--n-layers", "2", "--device", "cpu", "--steps", "2", "--sample-every", "0",
+            "--no-eval", "--quiet"]  # fmt: skip
+    # the preset, with one of its settings overridden
+    out = tmp_path / "texture.safetensors"
+    assert main([*base, "--preset", "texture", "--fm-weight", "5", "--out", str(out)]) == 0
+    cfg = seen[-1]
+    assert (cfg.upsample, cfg.noise, cfg.d_scales, cfg.fm_weight, cfg.l1_weight) == (
+        "resize", True, 2, 5.0, 10.0,
+    )  # fmt: skip
+    spec = json.loads(out.with_suffix(".json").read_text())
+    assert spec["arch_kwargs"]["upsample"] == "resize" and spec["arch_kwargs"]["noise"] is True
+    assert spec["provenance"]["config"]["fm_weight"] == 5.0
+    # single flags on the paper's recipe (the default)
+    flags = ["--upsample", "bilinear", "--noise", "--d-scales", "2", "--l1-weight", "50"]
+    assert main([*base, *flags, "--out", str(tmp_path / "single.safetensors")]) == 0
+    cfg = seen[-1]
+    assert (cfg.upsample, cfg.noise, cfg.d_scales, cfg.fm_weight, cfg.l1_weight) == (
+        "bilinear", True, 2, 0.0, 50.0,
+    )  # fmt: skip
+    assert main([*base, "--no-noise", "--out", str(tmp_path / "paper.safetensors")]) == 0
+    assert seen[-1] == trainer.SynthConfig(**{**vars(seen[-1]), **trainer.PRESETS["pix2pix"]})
+    # a setting the networks cannot take: one line, exit code 2
+    n_runs = len(seen)
+    assert main([*base, "--d-scales", "3", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert len(seen) == n_runs
+
+
 def test_generate(generator, folders, tmp_path, capsys):
     out = tmp_path / "gen_images"
     code = main(

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered():
-    assert {"pix2pix_generator", "patchgan"} <= set(list_models())
+    assert {"pix2pix_generator", "patchgan", "multiscale_patchgan"} <= set(list_models())
 
 
 def test_one_hot_any_class_count_and_unannotated():

@@ -137,6 +137,27 @@ def test_defaults_eta_and_saved_path(widget, qtbot, tmp_path):
     assert QApplication.clipboard().text() == saved
 
 
+def test_recipe_options_in_the_advanced_fold(widget):
+    from napari_segen.synthesis.trainer import PRESETS
+
+    _, w = widget
+    w.config_overrides = {"n_layers": 2}  # two scales of 32 px crops need a smaller PatchGAN
+    form = w.advanced_section.form.native
+    for field in (w.preset, w.upsample, w.noise, w.d_scales, w.fm_weight, w.l1_weight):
+        assert form.isAncestorOf(field.native)
+    cfg = w.build_config()  # the paper's recipe by default; width sets both networks
+    assert cfg.ngf == cfg.ndf == w.net_width.value
+    assert {k: getattr(cfg, k) for k in PRESETS["pix2pix"]} == PRESETS["pix2pix"]
+    w.preset.value = "texture"
+    assert w.upsample.value == "resize" and w.noise.value and w.d_scales.value == 2
+    w.fm_weight.value = 3.0  # a single option still changes after choosing a recipe
+    cfg = w.build_config()
+    assert {k: getattr(cfg, k) for k in PRESETS["texture"]} == {**PRESETS["texture"],
+                                                                "fm_weight": 3.0}  # fmt: skip
+    w.preset.value = "pix2pix"
+    assert w.upsample.value == "transpose" and not w.noise.value and w.fm_weight.value == 0
+
+
 def test_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):
     from napari_segen.widgets.synth_widget import SynthesizeWidget
 

@@ -26,6 +26,10 @@ from ._common import (
     validation_sources,
 )
 
+#: The recipes of ``--preset`` (the trainer's ``PRESETS``; named here so that the
+#: parser is built without importing torch).
+PRESET_NAMES = ("pix2pix", "texture")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -55,7 +59,9 @@ def _add_train(ss) -> None:
         "+ L1 loss). The generator is checkpointed atomically to --out (with its .json), the "
         "training state that --resume continues from to <name>.last.safetensors (+ .json) "
         "beside it; sample grids (mask | real | generated) go to <name>_samples/. Held-out "
-        "pairs give an SSIM/PSNR/FID readout at the end.",
+        "pairs give an SSIM/PSNR/FID readout at the end. --preset texture trains the variant "
+        "meant to draw texture (resize-then-convolve up-sampling, per-layer noise, a 2-scale "
+        "discriminator with feature matching, L1 weight 10); single flags override a preset.",
     )
     add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
@@ -107,12 +113,53 @@ def _add_train(ss) -> None:
         help="normalisation layers (default: instance)",
     )
     t.add_argument(
+        "--preset",
+        choices=list(PRESET_NAMES),
+        default="pix2pix",
+        help="recipe: 'pix2pix' (the paper's) or 'texture' (resize up-sampling, noise, 2-scale "
+        "discriminator, feature matching 10, L1 10); the flags below override it "
+        "(default: pix2pix)",
+    )
+    t.add_argument(
+        "--upsample",
+        choices=["transpose", "resize", "bilinear"],
+        default=None,
+        help="generator up-sampling: transposed convolutions (the paper's), or nearest/bilinear "
+        "resize then a 3x3 convolution, which leaves no checkerboard (default: the preset's)",
+    )
+    t.add_argument(
+        "--noise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add learned-scale noise maps to the generator's decoder layers: texture that varies "
+        "with the seed (default: the preset's)",
+    )
+    t.add_argument(
+        "--d-scales",
+        type=int,
+        default=None,
+        help="discriminators on the pair at full, half... size, 1 to 4 (pix2pixHD uses 2-3; "
+        "default: the preset's)",
+    )
+    t.add_argument(
+        "--fm-weight",
+        type=float,
+        default=None,
+        help="weight of the discriminator feature-matching loss, 0 = off (pix2pixHD: 10; "
+        "default: the preset's)",
+    )
+    t.add_argument(
         "--gan-loss",
         choices=["lsgan", "bce"],
         default="lsgan",
         help="adversarial loss (default: lsgan)",
     )
-    t.add_argument("--l1-weight", type=float, default=100.0, help="L1 weight lambda (default: 100)")
+    t.add_argument(
+        "--l1-weight",
+        type=float,
+        default=None,
+        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture)",
+    )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
         "--sample-every", type=int, default=200, help="steps between sample grids (default: 200)"
@@ -262,7 +309,13 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
         "--stochastic", action="store_true", help="keep dropout on: varied images (pix2pix's noise)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; with a generator trained with --noise it picks the texture, "
+        "image i getting seed + i (default: 0)",
+    )
 
 
 def _load_generator(path: str):
@@ -291,6 +344,35 @@ def run_train(args: argparse.Namespace) -> int:
     from ..synthesis.trainer import SynthConfig, train_pix2pix
     from ..training.assembly import assemble_pix2pix
 
+    chosen = dict(
+        upsample=args.upsample,
+        noise=args.noise,
+        d_scales=args.d_scales,
+        fm_weight=args.fm_weight,
+        l1_weight=args.l1_weight,
+    )
+    cfg = SynthConfig.from_preset(
+        args.preset,
+        **{k: v for k, v in chosen.items() if v is not None},
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        ngf=args.ngf,
+        depth=args.depth,
+        ndf=args.ndf,
+        n_layers=args.n_layers,
+        norm=args.norm,
+        gan_loss=args.gan_loss,
+        lr=args.lr,
+        out_channels=args.channels,
+        device=args.device,
+        seed=args.seed,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        time_limit_s=args.time_limit,
+        evaluate=not args.no_eval,
+    )
+    cfg.check()  # a setting the networks cannot take is told before the images are read
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     assembled = drive(
         assemble_pix2pix(
@@ -305,26 +387,6 @@ def run_train(args: argparse.Namespace) -> int:
     )
     for note in assembled.notes:
         print(note, file=sys.stderr)
-    cfg = SynthConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop_size=args.crop_size,
-        ngf=args.ngf,
-        depth=args.depth,
-        ndf=args.ndf,
-        n_layers=args.n_layers,
-        norm=args.norm,
-        gan_loss=args.gan_loss,
-        l1_weight=args.l1_weight,
-        lr=args.lr,
-        out_channels=args.channels,
-        device=args.device,
-        seed=args.seed,
-        sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every,
-        time_limit_s=args.time_limit,
-        evaluate=not args.no_eval,
-    )
     print(
         f"training pix2pix on {len(assembled.train)} pair(s), {len(assembled.val)} held out",
         file=sys.stderr,

@@ -112,6 +112,10 @@ def generate_tensor(
     Tiles run through the same sliding window as segmentation
     (:func:`napari_segen.inference.sliding_window.iter_sliding_window`), one at a
     time, so a seeded stochastic run draws its dropout noise tile after tile.
+    A generator trained with per-layer noise (``noise=True``) always draws its
+    noise maps: from a CPU :class:`torch.Generator` seeded with ``seed`` (the same
+    seed gives the same image on any device, another seed another image), or
+    unseeded when ``seed`` is None.
     Tiled generation equals whole-image generation only for a generator without
     per-image statistics (batch norm in eval mode, or none) and a halo covering
     its receptive field. With instance norm (the default) every tile is
@@ -124,7 +128,7 @@ def generate_tensor(
         device: where to run it: ``"auto"``, ``"cpu"``, ``"cuda:1"``...
         tile_size: generate in blended tiles of about this size (None: whole image).
         stochastic: keep dropout on (a different image each time, as pix2pix's noise).
-        seed: seed for the dropout noise.
+        seed: seed for the dropout noise and a noise generator's noise maps.
         overlap: pixels shared by neighbouring tiles (default: half a tile).
         halo: tile-border pixels discarded where tiles meet (default: 0).
     """
@@ -144,6 +148,7 @@ def generate_tensor(
             overlap = round_up(tile // 2, m)
     gen.to(dev).eval()
     gen.set_stochastic(stochastic)
+    noise_rng = torch.Generator().manual_seed(seed) if seed is not None else None
     try:
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             if seed is not None:
@@ -151,7 +156,7 @@ def generate_tensor(
             out = sliding_window(
                 # class indices as one float channel: exact, and one-hot only per tile
                 torch.from_numpy(padded).float()[None],
-                lambda batch: gen(batch[:, 0].long()).float(),
+                lambda batch: gen(batch[:, 0].long(), noise_rng=noise_rng).float(),
                 tile_size=tile,
                 overlap=overlap,
                 halo=halo or 0,

@@ -13,6 +13,14 @@ distance to the real image; both networks use Adam (2e-4, beta1 0.5), with the
 learning rate decayed linearly to zero over the last ``decay_fraction`` of the
 steps. Training crops are random, flipped and rotated together with their masks.
 
+Options beyond the paper (all off by default; :data:`PRESETS` names two recipes,
+``"pix2pix"``, the paper's, and ``"texture"``): a generator with resize-then-
+convolve up-sampling and per-layer noise (``upsample``, ``noise``; see
+:mod:`napari_segen.models.pix2pix`), a multi-scale discriminator
+(``d_scales``) and pix2pixHD's feature-matching loss (``fm_weight``: L1
+between the discriminators' intermediate features of real and generated pairs,
+no pretrained network needed).
+
 Files written:
   * ``out_path`` (+ ``.json``): the generator as a model file (``task="synthesis"``),
     readable with :func:`napari_segen.models.load_model`;
@@ -40,6 +48,7 @@ from ..data.datasets import LabeledImage, image_channels
 from ..data.normalize import normalize_image, to_channels_first
 from ..data.sampler import CropSampler, seeded_generator
 from ..models.model_file import LoadedModel, ModelSpec
+from ..models.pix2pix import MAX_SCALES, UPSAMPLE_MODES
 from ..models.registry import build_model
 from ..training.checkpoint import Checkpoint, check_spec_fits
 from ..training.run import StepProgress, TrainingRun, base_provenance
@@ -47,6 +56,7 @@ from ..utils.atomic import atomic_path
 from ..utils.jsonsafe import json_safe
 
 __all__ = [
+    "PRESETS",
     "SynthConfig",
     "SynthEvent",
     "SynthResult",
@@ -55,11 +65,32 @@ __all__ = [
 ]
 
 
+#: Named recipes: the fields each sets (the rest keep their defaults, or the caller's).
+#: ``"pix2pix"`` is the paper's (and the defaults); ``"texture"`` is the variant meant
+#: to draw texture: resize-then-convolve up-sampling (no checkerboard), per-layer
+#: noise in the decoder, two discriminator scales with pix2pixHD's feature
+#: matching (weight 10, as there), and an L1 term cut from 100 to 10, because a
+#: heavy L1 term pulls every pixel to its conditional median, which is smooth and
+#: makes the generator ignore its noise. Not yet benchmarked against "pix2pix";
+#: ``benchmarks/synth_quality.py --preset texture`` does that.
+PRESETS: dict[str, dict[str, Any]] = {
+    "pix2pix": {
+        "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
+        "l1_weight": 100.0,
+    },
+    "texture": {
+        "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
+        "l1_weight": 10.0,
+    },
+}  # fmt: skip
+
+
 @dataclass
 class SynthConfig:
     """pix2pix training settings; the defaults are the paper's, sized for a GPU.
 
     On a CPU use smaller crops and networks (e.g. ``crop_size=128, ngf=32``).
+    :meth:`from_preset` starts from a named recipe of :data:`PRESETS`.
 
     Attributes:
         steps: optimisation steps in total (also when resuming).
@@ -71,6 +102,14 @@ class SynthConfig:
         n_layers: discriminator layers (3 = 70x70 patches).
         norm: ``"instance"`` or ``"batch"`` normalisation in both networks.
         dropout: generator dropout (the paper's noise source).
+        upsample: generator up-sampling: ``"transpose"`` (the paper's transposed
+            convolutions), ``"resize"`` (nearest x2 then 3x3 conv: no checkerboard)
+            or ``"bilinear"``.
+        noise: per-layer learned-scale noise maps in the generator's decoder.
+        d_scales: discriminators on the pair at full, half... size (1: the paper's
+            single PatchGAN; 2 or 3 as in pix2pixHD). Their adversarial losses are averaged.
+        fm_weight: weight of the feature-matching loss (0: off; pix2pixHD uses 10),
+            weighted per layer and scale as in pix2pixHD.
         gan_loss: ``"lsgan"`` (least squares) or ``"bce"`` (the original GAN loss).
         l1_weight: weight of the L1 term (lambda, 100 in the paper).
         lr: Adam learning rate of both networks.
@@ -98,6 +137,10 @@ class SynthConfig:
     n_layers: int = 3
     norm: str = "instance"
     dropout: float = 0.5
+    upsample: str = "transpose"
+    noise: bool = False
+    d_scales: int = 1
+    fm_weight: float = 0.0
     gan_loss: str = "lsgan"
     l1_weight: float = 100.0
     lr: float = 2e-4
@@ -113,6 +156,13 @@ class SynthConfig:
     checkpoint_every: int = 500
     time_limit_s: float | None = None
     evaluate: bool = True
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SynthConfig:
+        """The settings of recipe ``name`` (see :data:`PRESETS`), then ``overrides``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def resolved_depth(self) -> int:
         """The generator depth: given, or ``log2(crop_size)`` capped at 8."""
@@ -136,6 +186,26 @@ class SynthConfig:
             raise ValueError(f"gan_loss must be 'lsgan' or 'bce', got {self.gan_loss!r}")
         if self.norm not in ("instance", "batch"):
             raise ValueError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(
+                f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.upsample!r}"
+            )
+        if not 1 <= self.d_scales <= MAX_SCALES:
+            raise ValueError(
+                f"the number of discriminator scales must be 1 to {MAX_SCALES}, got {self.d_scales}"
+            )
+        coarsest, need = self.crop_size // 2 ** (self.d_scales - 1), 4 * 2**self.n_layers
+        if coarsest < need:
+            raise ValueError(
+                f"the coarsest discriminator sees {coarsest} px crops, fewer than the {need} px "
+                f"a {self.n_layers}-layer PatchGAN needs; use fewer scales, fewer layers or a "
+                "larger crop"
+            )
+        if not self.fm_weight >= 0 or not self.l1_weight >= 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got L1 {self.l1_weight}, "
+                f"feature matching {self.fm_weight}"
+            )
         if not 0 <= self.decay_fraction <= 1:
             raise ValueError(f"decay fraction must be in [0, 1], got {self.decay_fraction}")
         if self.out_channels not in (None, 1, 3):
@@ -281,7 +351,7 @@ def train_pix2pix(
         samples_dir if samples_dir is not None or run.out is None else default_samples_dir(run.out),
     )  # fmt: skip
     names = [p.name for p in pairs], [p.name for p in val_pairs]
-    extra = {"method": "pix2pix (Isola et al. 2017)", "discriminator": disc_kwargs}
+    extra = {"method": _method(spec, disc_kwargs, cfg), "discriminator": disc_kwargs}
     prov = {**extra, **(provenance or {})}
     started_from = "resumed" if ckpt is not None else "scratch"
 
@@ -338,7 +408,7 @@ def _networks(
 ) -> tuple[nn.Module, nn.Module, dict[str, dict[str, Any]]]:
     """Generator and discriminator on the run's device, and the parts a checkpoint holds."""
     gen = build_model(spec.architecture, **spec.arch_kwargs)
-    disc = build_model("patchgan", **disc_kwargs)
+    disc = build_model(disc_architecture(disc_kwargs), **disc_kwargs)
     if cfg.crop_size % gen.size_multiple:
         raise ValueError(
             f"the crop size ({cfg.crop_size}) must be a multiple of {gen.size_multiple} "
@@ -407,7 +477,7 @@ def _describe_networks(
         if spec is None or "disc" not in ckpt.modules:
             raise ValueError(f"{ckpt.path} is not a pix2pix checkpoint; start without resume")
         stored = sum(t.numel() for t in ckpt.modules["disc"].values())
-        check_spec_fits("patchgan", disc_kwargs, stored, ckpt.path)
+        check_spec_fits(disc_architecture(disc_kwargs), disc_kwargs, stored, ckpt.path)
         spec.provenance = {}
         if top >= spec.num_classes:
             raise ValueError(
@@ -422,16 +492,23 @@ def _describe_networks(
         )
     names = list(class_names or ["background"] + [f"class {i}" for i in range(1, ncls)])
     channels = cfg.out_channels or image_channels(pairs)
+    arch_kwargs: dict[str, Any] = dict(
+        num_classes=ncls,
+        out_channels=channels,
+        ngf=cfg.ngf,
+        depth=cfg.resolved_depth(),
+        norm=cfg.norm,
+        dropout=cfg.dropout,
+    )
+    # The new options are written only when used: a paper generator's file stays
+    # the same, and older versions of napari-segen still read it.
+    if cfg.upsample != "transpose":
+        arch_kwargs["upsample"] = cfg.upsample
+    if cfg.noise:
+        arch_kwargs["noise"] = True
     spec = ModelSpec(
         architecture="pix2pix_generator",
-        arch_kwargs=dict(
-            num_classes=ncls,
-            out_channels=channels,
-            ngf=cfg.ngf,
-            depth=cfg.resolved_depth(),
-            norm=cfg.norm,
-            dropout=cfg.dropout,
-        ),  # fmt: skip
+        arch_kwargs=arch_kwargs,
         in_channels=channels,
         class_names=names,
         normalization=synthesis_normalization(pairs),
@@ -441,7 +518,30 @@ def _describe_networks(
         num_classes=ncls, image_channels=channels, ndf=cfg.ndf, n_layers=cfg.n_layers,
         norm=cfg.norm,
     )  # fmt: skip
+    if cfg.d_scales > 1:
+        disc_kwargs["num_scales"] = cfg.d_scales
     return spec, disc_kwargs
+
+
+def disc_architecture(disc_kwargs: dict[str, Any]) -> str:
+    """The registered discriminator a checkpoint's arguments describe (older ones: one scale)."""
+    return "multiscale_patchgan" if "num_scales" in disc_kwargs else "patchgan"
+
+
+def _method(spec: ModelSpec, disc_kwargs: dict[str, Any], cfg: SynthConfig) -> str:
+    """What was trained, in words, for the model file's provenance."""
+    kw = spec.arch_kwargs
+    extras = []
+    if kw.get("upsample", "transpose") != "transpose":
+        extras.append(f"{kw['upsample']}-then-convolve up-sampling")
+    if kw.get("noise"):
+        extras.append("per-layer noise")
+    if "num_scales" in disc_kwargs:
+        extras.append(f"{disc_kwargs['num_scales']}-scale discriminator")
+    if cfg.fm_weight:
+        extras.append(f"feature matching x{cfg.fm_weight:g}")
+    method = "pix2pix (Isola et al. 2017)"
+    return method + (" with " + ", ".join(extras) if extras else "")
 
 
 def _crop_sampler(pairs: Sequence[LabeledImage], spec: ModelSpec, cfg: SynthConfig) -> CropSampler:
@@ -472,7 +572,9 @@ class _Previews:
     def event(self, gen: nn.Module, step: int, total: int, device: torch.device) -> SynthEvent:
         gen.eval()
         with torch.no_grad():
-            fake = gen(self.masks.to(device)).float().cpu()
+            # the same noise at every step (and none drawn from the training's generator)
+            fake = gen(self.masks.to(device), noise_rng=torch.Generator().manual_seed(0))
+            fake = fake.float().cpu()
         gen.train()
         grid = sample_grid(self.masks, self.reals, fake, self.num_classes)
         path = None
@@ -523,8 +625,8 @@ def _gan_step(
     with run.autocast():
         fake = gen(mask)
         # Discriminator: real pairs -> 1, generated pairs -> 0.
-        d_real = disc(mask, real)
-        d_fake = disc(mask, fake.detach())
+        d_real = _per_scale(disc(mask, real))
+        d_fake = _per_scale(disc(mask, fake.detach()))
         loss_d = 0.5 * (
             _gan_loss(cfg.gan_loss, d_real, True) + _gan_loss(cfg.gan_loss, d_fake, False)
         )
@@ -533,23 +635,61 @@ def _gan_step(
     for p in disc.parameters():
         p.requires_grad_(False)
     with run.autocast():
-        loss_gan = _gan_loss(cfg.gan_loss, disc(mask, fake), True)
+        if cfg.fm_weight:
+            feats_fake = disc.features(mask, fake)
+            with torch.no_grad():  # targets from the updated discriminator
+                feats_real = disc.features(mask, real)
+            loss_fm = _feature_matching(feats_fake, feats_real)
+            loss_gan = _gan_loss(cfg.gan_loss, [f[-1] for f in feats_fake], True)
+        else:
+            loss_gan = _gan_loss(cfg.gan_loss, _per_scale(disc(mask, fake)), True)
         valid = (mask >= 0)[:, None].to(fake.dtype)
         loss_l1 = (torch.abs(fake.float() - real.float()) * valid).sum() / (
             valid.sum() * fake.shape[1]
         ).clamp_min(1)
         loss_g = loss_gan + cfg.l1_weight * loss_l1
+        if cfg.fm_weight:
+            loss_g = loss_g + cfg.fm_weight * loss_fm
     run.optimise(loss_g, opts["opt_g"], scalers["scaler_g"])
     for p in disc.parameters():
         p.requires_grad_(True)
-    return {
+    losses = {
         "d": float(loss_d.detach()),
         "g_gan": float(loss_gan.detach()),
         "l1": float(loss_l1.detach()),
     }
+    if cfg.fm_weight:
+        losses["fm"] = float(loss_fm.detach())
+    return losses
 
 
-def _gan_loss(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
+def _per_scale(logits: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """A discriminator's logits as a list: one entry per scale."""
+    return logits if isinstance(logits, list) else [logits]
+
+
+def _feature_matching(
+    fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]]
+) -> torch.Tensor:
+    """pix2pixHD's feature-matching loss: L1 between the discriminators' intermediate
+    features of generated and real pairs (the logits excluded), each layer weighted
+    ``4 / layers`` and each scale ``1 / scales``."""
+    total = torch.zeros((), device=fake[0][0].device)
+    for f_scale, r_scale in zip(fake, real, strict=True):
+        f_feats, r_feats = f_scale[:-1], r_scale[:-1]
+        w = 4.0 / len(f_feats) / len(fake)
+        for f, r in zip(f_feats, r_feats, strict=True):
+            total = total + w * F.l1_loss(f.float(), r.detach().float())
+    return total
+
+
+def _gan_loss(kind: str, logits: list[torch.Tensor], real: bool) -> torch.Tensor:
+    """The adversarial loss, averaged over the discriminator's scales."""
+    losses = [_gan_loss_one(kind, x, real) for x in logits]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+def _gan_loss_one(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
     if kind == "lsgan":
         return F.mse_loss(logits.float(), target.float())

@@ -15,6 +15,8 @@ Three actions, each run off the GUI thread by a
 "Score generator" compares the image generated from the Labels layer with the
 Image layer. The form starts with settings a CPU finishes in minutes (crop 128,
 width 32, 300 steps) and the paper's on a GPU (256, 64, 2000); the network width,
+the recipe (the paper's pix2pix, or "texture": resize up-sampling, noise maps,
+a 2-scale discriminator with feature matching) and its single options,
 held-out share, time limit and resume sit in a folded "Advanced" section. While
 training, the status shows the time left; the saved file's full path can be copied.
 All the work is done by :mod:`napari_segen.synthesis`.
@@ -42,6 +44,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..data.sources import DENSE
+from ..synthesis.trainer import PRESETS
 from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
@@ -168,7 +171,7 @@ class SynthesizeWidget(Container):
     Sub-widgets are attributes, so tests can set values and call :meth:`train`,
     :meth:`generate`, :meth:`export` and :meth:`score` directly.
     ``config_overrides`` holds :class:`~napari_segen.synthesis.SynthConfig`
-    fields the form does not show (``ngf``, ``ndf``, ``n_layers``, ``sample_every``...).
+    fields the form does not show (``n_layers``, ``dropout``, ``sample_every``...).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -194,8 +197,38 @@ class SynthesizeWidget(Container):
         )
         self.net_width = SpinBox(
             label="Network width", value=defaults["width"], min=4, max=512,
-            tooltip="filters in the generator's first layer (ngf; the paper uses 64); "
-            "halving it cuts the computation to about a quarter",
+            tooltip="filters in the first layer of the generator and the discriminator (ngf, "
+            "ndf; the paper uses 64); halving it cuts the computation to about a quarter",
+        )  # fmt: skip
+        paper = PRESETS["pix2pix"]
+        self.preset = ComboBox(
+            label="Recipe", choices=list(PRESETS), value="pix2pix",
+            tooltip="pix2pix: the paper's. texture: resize-then-convolve up-sampling (no "
+            "checkerboard), noise maps in the decoder, a 2-scale discriminator with feature "
+            "matching and a lighter L1 term. Choosing one sets the options below.",
+        )  # fmt: skip
+        self.upsample = ComboBox(
+            label="Up-sampling", choices=["transpose", "resize", "bilinear"],
+            value=paper["upsample"],
+            tooltip="transpose: the paper's transposed convolutions; resize / bilinear: "
+            "interpolate, then a 3x3 convolution (no checkerboard)",
+        )  # fmt: skip
+        self.noise = CheckBox(
+            text="Noise maps in the decoder", value=paper["noise"],
+            tooltip="learned-scale Gaussian noise in each decoder layer: texture that varies "
+            "per image (the seed picks it)",
+        )  # fmt: skip
+        self.d_scales = SpinBox(
+            label="Discriminator scales", value=paper["d_scales"], min=1, max=4,
+            tooltip="PatchGANs on the image at full, half... size (pix2pixHD uses 2-3)",
+        )  # fmt: skip
+        self.fm_weight = FloatSpinBox(
+            label="Feature matching", value=paper["fm_weight"], min=0.0, max=1000.0, step=1.0,
+            tooltip="weight of the discriminator feature-matching loss (0: off; pix2pixHD: 10)",
+        )  # fmt: skip
+        self.l1_weight = FloatSpinBox(
+            label="L1 weight", value=paper["l1_weight"], min=0.0, max=10_000.0, step=10.0,
+            tooltip="weight of the L1 distance to the real image (the paper: 100)",
         )  # fmt: skip
         self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
         self.max_minutes = FloatSpinBox(
@@ -210,7 +243,11 @@ class SynthesizeWidget(Container):
         self.train_button = PushButton(text="Train cGAN")
 
         self.model_path = FileEdit(label="Generator", mode="r", filter="*.safetensors")
-        self.stochastic = CheckBox(text="Dropout noise (a different image each time)")
+        self.stochastic = CheckBox(
+            text="Dropout noise (a different image each time)",
+            tooltip="keep dropout on, and draw a generator's noise maps unseeded; unticked, "
+            "the same labels give the same image",
+        )
         self.generate_button = PushButton(text="Generate image from labels")
         self.n_pairs = SpinBox(label="Pairs to export", value=20, min=1, max=1_000_000)
         self.export_dir = FileEdit(
@@ -240,7 +277,18 @@ class SynthesizeWidget(Container):
         # Settings rarely changed stay folded (STYLE 14: forms that stay small), above Train.
         self.advanced_section = collapsible(
             "Advanced training settings",
-            [self.net_width, self.val_split, self.max_minutes, self.resume],
+            [
+                self.net_width,
+                self.preset,
+                self.upsample,
+                self.noise,
+                self.d_scales,
+                self.fm_weight,
+                self.l1_weight,
+                self.val_split,
+                self.max_minutes,
+                self.resume,
+            ],
         )
         layout, button = self.native.layout(), self.train_button.native
         at = next(
@@ -261,6 +309,7 @@ class SynthesizeWidget(Container):
         self.copy_path_button.changed.connect(self.copy_path)
         self._device_kind = device_kind(str(self.device.value))
         self.device.changed.connect(self._on_device)
+        self.preset.changed.connect(self._on_preset)
         self.image_layer.changed.connect(self._pick_labels)
         self._pick_labels()
         self._eta_start: tuple[float, int] | None = None
@@ -302,6 +351,17 @@ class SynthesizeWidget(Container):
                             ("width", self.net_width)):  # fmt: skip
             if widget.value == old[key]:
                 widget.value = new[key]
+
+    def _recipe_widgets(self) -> dict[str, Any]:
+        return {
+            "upsample": self.upsample, "noise": self.noise, "d_scales": self.d_scales,
+            "fm_weight": self.fm_weight, "l1_weight": self.l1_weight,
+        }  # fmt: skip
+
+    def _on_preset(self, value: Any) -> None:
+        """Set the recipe's options (each can still be changed afterwards)."""
+        for key, widget in self._recipe_widgets().items():
+            widget.value = PRESETS[str(value)][key]
 
     def copy_path(self, *_: Any) -> None:
         """Put the saved generator's full path on the clipboard."""
@@ -362,6 +422,12 @@ class SynthesizeWidget(Container):
             device=str(self.device.value),
             time_limit_s=float(self.max_minutes.value) * 60 or None,
             ngf=int(self.net_width.value),
+            ndf=int(self.net_width.value),
+            upsample=str(self.upsample.value),
+            noise=bool(self.noise.value),
+            d_scales=int(self.d_scales.value),
+            fm_weight=float(self.fm_weight.value),
+            l1_weight=float(self.l1_weight.value),
         )
         kw.update(self.config_overrides)
         cfg = SynthConfig(**kw)
