@@ -1,23 +1,24 @@
-"""Benchmark: do pix2pix pairs help a U-Net trained on only 4 annotated ISBI images?
+"""Benchmark: do synthetic pairs help a U-Net trained on only 4 annotated ISBI images?
 
 The "few annotations" scenario, without leaking other annotations:
 
-1. a pix2pix cGAN is trained on 4 real ISBI pairs only (train 00-03);
-2. N synthetic pairs are exported from random transforms (flips, rot90, zoom,
-   elastic) of those 4 masks (``synthesis.export_pairs``);
-3. two U-Nets with the same seed, settings and number of optimisation steps
-   are trained: on the 4 real pairs alone, and on the 4 real + N synthetic pairs;
-4. both are scored on the 4 held-out ISBI test images
-   (``metrics.evaluate.evaluate_model``): membrane Dice, mean IoU.
-
-Each arm is repeated for ``--seeds`` seeds; the script prints both Dice figures
-and their difference, whichever way it comes out.
+1. each generator recipe (``--presets``: ``texture`` = resize up-sampling, noise
+   maps, 2-scale PatchGAN + feature matching; ``pix2pix`` = the paper's) is
+   trained on the 4 real ISBI pairs only (train 00-03);
+2. ``--n-synthetic`` pairs are exported per generator from random transforms of
+   those 4 masks, with cut-and-paste and multi-scale crops
+   (``synthesis.export_pairs``);
+3. a filter model (a U-Net trained on the 4 real pairs, seed 0 of the
+   real-only arm) scores each synthetic pair; pairs it segments with membrane
+   Dice below ``--min-dice`` are dropped (``synthesis.filter``);
+4. U-Nets with the same settings and steps are trained per seed on:
+   real only; the default recipe (texture, filtered, synthetic share of the
+   crops capped at ``--share``); and the ablations: no filter, uncapped share
+   (synthetic pairs listed as they are), and the paper's pix2pix;
+5. each is scored on the 4 held-out ISBI test images (20-23): membrane Dice,
+   mean and spread over ``--seeds`` seeds, and the gain of each arm over real only.
 
     python benchmarks/synth_augmentation.py --out bench_out/synth_augmentation
-
-``--preset texture`` trains the texture variant of the generator instead of the
-paper's pix2pix (see ``synthesis.trainer.PRESETS``); ``--gan-set KEY=VALUE``
-changes single ``SynthConfig`` fields.
 """
 
 from __future__ import annotations
@@ -90,47 +91,65 @@ def train_unet(pairs, test, seed: int, steps: int, crop: int, batch: int, device
     return {"membrane_dice": m["foreground_dice"], "mean_iou": m["mean_iou"]}
 
 
+def train_generator(preset: str, real, out: Path, args) -> tuple:
+    """A generator of ``preset`` trained on the ``real`` pairs (or loaded when already there)."""
+    from napari_segen.synthesis import SynthConfig, load_generator, train_pix2pix
+    from napari_segen.utils.generators import drive
+
+    path = out / f"{preset}-4pairs.safetensors"
+    if path.exists() and not args.retrain:
+        return load_generator(path), {"generator": str(path), "reused": True}
+    settings = dict(
+        steps=args.gan_steps, crop_size=128, ngf=32, ndf=32, device=args.device,
+        sample_every=300, checkpoint_every=0, time_limit_s=args.gan_time_limit,
+        evaluate=False,
+    )  # fmt: skip
+    cfg = SynthConfig.from_preset(preset, **{**settings, **parse_settings(args.gan_set)})
+    print(f"training {preset} on {[p.name for p in real]}: {cfg}", file=sys.stderr)
+    t0 = time.monotonic()
+    res = drive(
+        train_pix2pix(real, path, config=cfg, class_names=CLASSES, overwrite=True),
+        log_steps(100, preset),
+    )
+    info = {"generator": str(path), "steps": res.steps, "seconds": time.monotonic() - t0}
+    return res.model, info
+
+
+def summarise(values: list[float]) -> str:
+    v = np.asarray(values)
+    return f"{v.mean():.4f} +/- {v.std():.4f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_out/synth_augmentation")
+    ap.add_argument("--presets", default="texture,pix2pix",
+                    help="generator recipes; the first is the default recipe's")  # fmt: skip
     ap.add_argument(
-        "--generator",
-        default=None,
-        help="reuse this generator instead of training one on the 4 pairs "
-        "(leaks annotations if it saw more than those 4)",
-    )
-    ap.add_argument(
-        "--preset", default="pix2pix", help="generator recipe: pix2pix (the paper's) or texture"
-    )
-    ap.add_argument(
-        "--gan-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a SynthConfig field for the generator, e.g. --gan-set fm_weight=0 (repeatable)",
-    )
-    ap.add_argument("--gan-steps", type=int, default=900)
+        "--gan-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a SynthConfig field for the generators, e.g. --gan-set fm_weight=0 (repeatable)",
+    )  # fmt: skip
+    ap.add_argument("--retrain", action="store_true", help="train generators already in --out")
+    ap.add_argument("--gan-steps", type=int, default=1200)
     ap.add_argument("--gan-time-limit", type=float, default=420.0)
     ap.add_argument("--n-synthetic", type=int, default=16)
     ap.add_argument("--synthetic-size", type=int, default=256)
+    ap.add_argument("--min-dice", type=float, default=0.7, help="the filter's threshold")
+    ap.add_argument("--share", type=float, default=1 / 3, help="cap on the synthetic crop share")
     ap.add_argument("--unet-steps", type=int, default=200)
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from napari_segen.data.datasets import pairs_from_folders
-    from napari_segen.synthesis import (
-        MaskTransformConfig,
-        SynthConfig,
-        export_pairs,
-        load_generator,
-        train_pix2pix,
-    )
-    from napari_segen.utils.generators import drive
+    from napari_segen.data.mixing import mix_sources
+    from napari_segen.models import load_model
+    from napari_segen.synthesis import MaskTransformConfig, export_pairs
+    from napari_segen.synthesis.filter import filter_pairs
 
     train_all = pairs_from_folders(ISBI / "train/images", ISBI / "train/masks", value_map=VALUE_MAP)
     real = train_all[:4]
@@ -138,82 +157,88 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    if args.generator:
-        model = load_generator(args.generator)
-        gan_info = {
-            "generator": args.generator,
-            "trained_on": model.spec.provenance.get("train_images"),
-        }
-    else:
-        settings = dict(
-            steps=args.gan_steps, crop_size=128, ngf=32, ndf=32, device=args.device,
-            sample_every=300, checkpoint_every=0, time_limit_s=args.gan_time_limit,
-            evaluate=False,
-        )  # fmt: skip
-        cfg = SynthConfig.from_preset(args.preset, **{**settings, **parse_settings(args.gan_set)})
-        print(f"training {args.preset} on {[p.name for p in real]}: {cfg}", file=sys.stderr)
-        res = drive(
-            train_pix2pix(real, out / f"{args.preset}-4pairs.safetensors", config=cfg,
-                          class_names=CLASSES, overwrite=True), log_steps(100, args.preset),
-        )  # fmt: skip
-        model = res.model
-        gan_info = {
-            "generator": str(res.path),
-            "preset": args.preset,
-            "config": vars(cfg),
-            "steps": res.steps,
-            "trained_on": [p.name for p in real],
-        }
-    gan_s = time.monotonic() - t0
-    syn_dir = out / "synthetic"
-    s = args.synthetic_size
-    export = export_pairs(
-        model, [p.mask for p in real], syn_dir, args.n_synthetic, out_shape=(s, s),
-        transform=MaskTransformConfig(), seed=0, device=args.device, overwrite=True,
-    )  # fmt: skip
-    synthetic = pairs_from_folders(export.images_dir, export.masks_dir)
-    print(f"exported {len(synthetic)} synthetic pairs to {syn_dir}", file=sys.stderr)
+    presets = args.presets.split(",")
+    default = presets[0]
 
-    arms = {"4 real": real, f"4 real + {len(synthetic)} synthetic": real + synthetic}
-    results: dict[str, list[dict]] = {name: [] for name in arms}
+    def unet(pairs, seed: int, name: str) -> dict:
+        path = out / f"unet-{name}-seed{seed}.safetensors"
+        return train_unet(pairs, test, seed, args.unet_steps, args.crop_size, args.batch_size,
+                          args.device, path)  # fmt: skip
+
+    # Real only first: its seed-0 model is the filter model (it saw only the 4 real pairs).
+    results: dict[str, list[float]] = {"real only": []}
     for seed in range(args.seeds):
-        for name, pairs in arms.items():
-            print(f"U-Net '{name}', seed {seed}", file=sys.stderr)
-            results[name].append(
-                train_unet(pairs, test, seed, args.unet_steps, args.crop_size, args.batch_size,
-                           args.device, out / f"unet-{len(pairs)}pairs-seed{seed}.safetensors")
-            )  # fmt: skip
+        results["real only"].append(unet(real, seed, "real")["membrane_dice"])
+        print(f"real only, seed {seed}: {results['real only'][-1]:.4f}", file=sys.stderr)
+    filter_model = load_model(out / "unet-real-seed0.safetensors")
+
+    synthetic, filtered, gan_info = {}, {}, {}
+    transform = MaskTransformConfig(crop_p=0.3, cutpaste_p=0.5)
+    for preset in presets:
+        model, gan_info[preset] = train_generator(preset, real, out, args)
+        s = args.synthetic_size
+        export = export_pairs(
+            model, [p.mask for p in real], out / f"synthetic-{preset}", args.n_synthetic,
+            out_shape=(s, s), transform=transform, seed=0, device=args.device, overwrite=True,
+        )  # fmt: skip
+        synthetic[preset] = pairs_from_folders(export.images_dir, export.masks_dir)
+        scored = filter_pairs(
+            filter_model, [(p.name, p.image, p.mask) for p in synthetic[preset]], args.min_dice
+        )
+        keep = {sc.name for sc in scored.kept}
+        filtered[preset] = [p for p in synthetic[preset] if p.name in keep]
+        gan_info[preset]["filter"] = scored.summary()
+        gan_info[preset]["dice"] = [round(sc.dice, 4) for sc in scored.scores]
+        print(f"{preset}: {scored.summary()}", file=sys.stderr)
+
+    def capped(extra):
+        return mix_sources(real, extra, args.share, at_most=True)
+
+    arms = {
+        f"default: {default}, filtered, share <= {args.share:.2f}": capped(filtered[default]),
+        f"no filter ({default}, capped)": capped(synthetic[default]),
+        f"uncapped ({default}, filtered)": real + filtered[default],
+    }
+    for preset in presets[1:]:
+        arms[f"{preset}, filtered, capped"] = capped(filtered[preset])
+    real_ids = {id(r) for r in real}
+    shares = {}  # the synthetic share of the annotated pixels = of the training crops
+    for name, pairs in arms.items():
+        synth_px = sum(int(p.mask.size) for p in pairs if id(p) not in real_ids)
+        shares[name] = synth_px / sum(int(p.mask.size) for p in pairs)
+        results[name] = []
+    for seed in range(args.seeds):
+        for i, (name, pairs) in enumerate(arms.items()):
+            results[name].append(unet(pairs, seed, f"arm{i}")["membrane_dice"])
+            print(f"{name}, seed {seed}: {results[name][-1]:.4f}", file=sys.stderr)
     total_s = time.monotonic() - t0
 
     print()
     print(
-        f"ISBI 2012: U-Net (depth 4, width 16) for {args.unet_steps} steps of "
-        f"{args.batch_size}x{args.crop_size}px crops, {args.seeds} seed(s); scored on the 4 "
-        f"held-out test images. Generator ({args.preset}) trained on the same 4 pairs "
-        f"({gan_s:.0f} s)."
+        f"ISBI 2012: U-Net (depth 4, width 16), {args.unet_steps} steps of {args.batch_size}x"
+        f"{args.crop_size}px crops, seeds 0-{args.seeds - 1}; membrane Dice on the 4 held-out "
+        f"test images. Generators trained on the same 4 pairs; {args.n_synthetic} synthetic "
+        f"{args.synthetic_size}px pairs each; filter: Dice >= {args.min_dice} by the seed-0 "
+        f"real-only U-Net."
     )
-    print(f"{'training data':34s} {'membrane Dice':>20s} {'mean IoU':>10s}")
-    summary = {}
-    for name, rs in results.items():
-        d = np.array([r["membrane_dice"] for r in rs])
-        iou = np.array([r["mean_iou"] for r in rs])
-        summary[name] = {
-            "dice_mean": float(d.mean()),
-            "dice_per_seed": d.tolist(),
-            "iou_mean": float(iou.mean()),
-        }
-        per = ", ".join(f"{x:.4f}" for x in d)
-        print(f"{name:34s} {d.mean():8.4f} ({per}) {iou.mean():10.4f}")
-    base, aug = (summary[n]["dice_mean"] for n in arms)
-    print(
-        f"difference (synthetic-augmented - real only): {aug - base:+.4f} Dice "
-        f"(ratio {aug / base:.3f})"
-    )
+    for preset in presets:
+        print(f"  {preset}: {gan_info[preset]['filter']}")
+    base = np.asarray(results["real only"])
+    print(f"{'training data':44s} {'synth. crops':>12s} {'Dice mean +/- std':>18s} "
+          f"{'gain':>8s}   per seed")  # fmt: skip
+    for name, v in results.items():
+        share = shares.get(name, 0.0)
+        gain = np.mean(v) - base.mean()
+        per = ", ".join(f"{x:.4f}" for x in v)
+        print(f"{name:44s} {share:>12.0%} {summarise(v):>18s} {gain:>+8.4f}   {per}")
+    spread = max(np.std(v) for v in results.values())
+    d = list(results)[1]
+    verdict = "helps" if np.mean(results[d]) - base.mean() > spread else "does NOT help"
+    print(f"largest spread {spread:.4f}: the default recipe {verdict} beyond the spread")
     (out / "results.json").write_text(json.dumps({
-        "config": vars(args), "gan": gan_info, "gan_seconds": round(gan_s, 1),
-        "total_seconds": round(total_s, 1), "results": summary,
-        "per_seed": results,
-    }, indent=2))  # fmt: skip
+        "config": vars(args), "gan": gan_info, "total_seconds": round(total_s, 1),
+        "results": results, "synthetic_crop_share": shares,
+    }, indent=2, default=str))  # fmt: skip
     print(f"wrote {out / 'results.json'}")
     return 0
 
