@@ -151,6 +151,13 @@ def main(argv=None) -> int:
         metavar="FILE",
         help="also score this generator file (trained before) in the same table",
     )
+    ap.add_argument(
+        "--generator",
+        default=None,
+        metavar="FILE",
+        help="score this generator (e.g. the bundled one) instead of training one; "
+        "--preset then only names it",
+    )
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=32, help="ngf and ndf")
@@ -193,26 +200,31 @@ def main(argv=None) -> int:
             **parse_settings(args.set),
         },
     )  # fmt: skip
-    print(f"training {args.preset} on {len(train)} ISBI pairs: {cfg}", file=sys.stderr)
-    t0 = time.monotonic()
-    gen = train_pix2pix(
-        train, gen_path, config=cfg, class_names=["cell interior", "membrane"], overwrite=True,
-        provenance={"benchmark": "benchmarks/synth_quality.py"},
-    )  # fmt: skip
+    if args.generator:
+        model = load_generator(args.generator)
+        gen_path, steps, history, train_s = Path(args.generator), "?", [], 0.0
+        steps = model.spec.provenance.get("steps", "?")
+    else:
+        print(f"training {args.preset} on {len(train)} ISBI pairs: {cfg}", file=sys.stderr)
+        t0 = time.monotonic()
+        gen = train_pix2pix(
+            train, gen_path, config=cfg, class_names=["cell interior", "membrane"], overwrite=True,
+            provenance={"benchmark": "benchmarks/synth_quality.py"},
+        )  # fmt: skip
 
-    def log_steps(ev) -> None:
-        if ev.kind == "step" and ev.step % 100 == 0:
-            el = time.monotonic() - t0
-            print(
-                f"step {ev.step}/{ev.total_steps}  l1 {ev.losses['l1']:.3f}  "
-                f"d {ev.losses['d']:.3f}  {el:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+        def log_steps(ev) -> None:
+            if ev.kind == "step" and ev.step % 100 == 0:
+                el = time.monotonic() - t0
+                print(
+                    f"step {ev.step}/{ev.total_steps}  l1 {ev.losses['l1']:.3f}  "
+                    f"d {ev.losses['d']:.3f}  {el:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    result = drive(gen, log_steps)
-    train_s = time.monotonic() - t0
-    model = result.model
+        result = drive(gen, log_steps)
+        train_s = time.monotonic() - t0
+        model, steps, history = result.model, result.steps, result.history
     dev = args.device
 
     # baseline (a): the same architecture, untrained (same initialisation)
@@ -261,7 +273,7 @@ def main(argv=None) -> int:
     dist_key = "fid" if m["fid"] is not None else "feature_distance"
     print()
     print(
-        f"ISBI 2012, 4 held-out masks; {args.preset} {result.steps} steps in {train_s:.0f} s "
+        f"ISBI 2012, 4 held-out masks; {args.preset} {steps} steps in {train_s:.0f} s "
         f"(crop {args.crop_size}, width {args.width}, CPU threads {args.threads})"
     )
     print(
@@ -284,10 +296,10 @@ def main(argv=None) -> int:
             f"PSNR {m['psnr'] - b['psnr']:+.2f} dB, {dist_key} x{m[dist_key] / b[dist_key]:.3f}"
         )
     summary = {
-        "steps": result.steps, "train_seconds": round(train_s, 1), "config": vars(args),
+        "steps": steps, "train_seconds": round(train_s, 1), "config": vars(args),
         "synth_config": vars(cfg),
         "scores": scores, "reference_real_vs_real": reference,
-        "history": result.history, "generator": str(gen_path), "montage": args.montage,
+        "history": history, "generator": str(gen_path), "montage": args.montage,
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nwrote {out / 'results.json'} and {args.montage}")
