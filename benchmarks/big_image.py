@@ -12,6 +12,9 @@ depends on block, tile and image sizes, not on the weights, and the small model
 keeps the run within 2 shared CPU cores.
 
     python benchmarks/big_image.py [--sizes 4096 8192 16384] [--block-size 2048]
+
+The speed comparison with MONAI's ``sliding_window_inference`` (in memory,
+2048^2, the bundled model) is ``benchmarks/sliding_window_vs_monai.py``.
 """
 
 from __future__ import annotations

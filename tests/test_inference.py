@@ -198,3 +198,31 @@ def test_cheap_labels_equal_argmax(k):
     np.testing.assert_array_equal(out, expected)
     view = p[:, 3:, 5:]  # the sliding window returns a cropped view
     np.testing.assert_array_equal(class_labels(view), view.argmax(0).numpy())
+
+
+def test_cpu_settings_change_speed_not_results(tiny_unet, tmp_path, monkeypatch):
+    """The malloc thresholds and channels-last weights (cpu_runtime) leave outputs as they are,
+    end with glibc's settings restored, and a model still saves after predicting."""
+    from napari_segen.inference import cpu_runtime
+    from napari_segen.models import load_model, save_model
+
+    img = np.random.default_rng(7).integers(0, 255, (150, 130), dtype=np.uint8)
+    fresh = load_model(save_model(tmp_path / "a.safetensors", tiny_unet.module, tiny_unet.spec))
+    monkeypatch.setenv("NAPARI_SEGEN_KEEP_FREED_MEMORY", "0")
+    plain = fresh.module.eval()
+    x = torch.from_numpy(np.random.default_rng(8).random((2, 1, 64, 64), np.float32))
+    with torch.no_grad():
+        before = plain(x)
+    off = predict(fresh, img, return_probabilities=True, **TILED)
+    monkeypatch.delenv("NAPARI_SEGEN_KEEP_FREED_MEMORY")
+    with cpu_runtime.fewer_page_faults(), cpu_runtime.fewer_page_faults():  # nests
+        on = predict(fresh, img, return_probabilities=True, **TILED)
+    assert cpu_runtime._active == 0
+    np.testing.assert_array_equal(on.labels, off.labels)
+    np.testing.assert_allclose(on.probabilities, off.probabilities, atol=1e-6)
+    with torch.no_grad():  # channels-last weights: the same function
+        torch.testing.assert_close(plain(x), before, atol=1e-5, rtol=1e-5)
+    again = load_model(save_model(tmp_path / "b.safetensors", fresh.module, fresh.spec))
+    want = tiny_unet.module.state_dict()
+    for name, value in again.module.state_dict().items():
+        torch.testing.assert_close(value, want[name], atol=0, rtol=0)

@@ -9,6 +9,7 @@ whole-image result.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive
+from .cpu_runtime import fewer_page_faults
 from .tiling import TileLayout, blend_weights, plan_tiles, round_up
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -91,32 +93,34 @@ def iter_sliding_window(
     tiles = layout.tiles()
     th, tw = layout.tile
     acc: torch.Tensor | None = None
-    for start in range(0, len(tiles), batch_size):
-        batch_pos = tiles[start : start + batch_size]
-        with torch.no_grad():
-            batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in batch_pos])
-            try:
-                out = predictor(batch.to(dev))
-            except torch.OutOfMemoryError as err:
-                smaller = "tile size or batch size" if batch_size > 1 else "tile size"
-                raise RuntimeError(
-                    f"out of memory on {dev} with a batch of {len(batch_pos)} tile(s) of "
-                    f"{th}x{tw} px; try a smaller {smaller}, or the CPU"
-                ) from err
-            if out.ndim != 4 or out.shape[0] != len(batch_pos) or out.shape[-2:] != (th, tw):
-                raise ValueError(
-                    f"the predictor turned tiles of shape {tuple(batch.shape)} into "
-                    f"{tuple(out.shape)}; it must return (B, K, {th}, {tw})"
-                )
-            out = out.float().to(acc_dev)
-            if acc is None:
-                acc = torch.zeros((out.shape[1], hp, wp), dtype=torch.float32, device=acc_dev)
-            for (y, xx), p in zip(batch_pos, out, strict=True):
-                acc[:, y : y + th, xx : xx + tw] += p * weight((y, xx))
-        yield Progress(start + len(batch_pos), len(tiles))
+    # no page faults for each batch's activations on the CPU (see cpu_runtime)
+    with fewer_page_faults() if dev.type == "cpu" else contextlib.nullcontext():
+        for start in range(0, len(tiles), batch_size):
+            batch_pos = tiles[start : start + batch_size]
+            with torch.no_grad():
+                batch = torch.stack([x[:, y : y + th, xx : xx + tw] for y, xx in batch_pos])
+                try:
+                    out = predictor(batch.to(dev))
+                except torch.OutOfMemoryError as err:
+                    smaller = "tile size or batch size" if batch_size > 1 else "tile size"
+                    raise RuntimeError(
+                        f"out of memory on {dev} with a batch of {len(batch_pos)} tile(s) of "
+                        f"{th}x{tw} px; try a smaller {smaller}, or the CPU"
+                    ) from err
+                if out.ndim != 4 or out.shape[0] != len(batch_pos) or out.shape[-2:] != (th, tw):
+                    raise ValueError(
+                        f"the predictor turned tiles of shape {tuple(batch.shape)} into "
+                        f"{tuple(out.shape)}; it must return (B, K, {th}, {tw})"
+                    )
+                out = out.float().to(acc_dev)
+                if acc is None:
+                    acc = torch.zeros((out.shape[1], hp, wp), dtype=torch.float32, device=acc_dev)
+                for (y, xx), p in zip(batch_pos, out, strict=True):
+                    acc[:, y : y + th, xx : xx + tw].addcmul_(p, weight((y, xx)))
+            yield Progress(start + len(batch_pos), len(tiles))
     assert acc is not None  # a layout has at least one tile
-    norm = torch.tensor(weights.norm, device=acc_dev)
-    return (acc / norm.clamp_min(1e-12))[:, :h, :w]
+    norm = torch.tensor(weights.norm, device=acc_dev)  # a copy: normalised in place
+    return acc.div_(norm.clamp_min_(1e-12))[:, :h, :w]
 
 
 def padded_shape(shape: tuple[int, int], size_multiple: int) -> tuple[int, int]:
