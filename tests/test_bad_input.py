@@ -248,7 +248,7 @@ def _six_channels(t):
     return predict(t, "six.tif")
 
 
-@case("image: gray + alpha PNG opens as gray", 0, new=["out/la.png"])
+@case("image: gray + alpha PNG opens as gray", 0, new=["out/la_labels.png"])
 def _gray_alpha(t):
     Image.fromarray(np.stack([gray(), np.full((32, 32), 255, np.uint8)], -1)).save(t.dir / "la.png")
     return predict(t, "la.png")
@@ -285,7 +285,7 @@ def _over_limit(t):
     return predict(t, "a.png")
 
 
-@case("image: limit raised opens what Pillow alone refuses", 0, new=["out/big.png"])
+@case("image: limit raised opens what Pillow alone refuses", 0, new=["out/big_labels.png"])
 def _pillow_refuses(t):
     t.mp.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow alone: >200 px is a "bomb"
     png(t.dir / "big.png", gray())
@@ -323,7 +323,7 @@ def _empty_file(t):
     "image: bad ones in a batch are skipped, the good ones done",
     1,
     r"2 of 3 input\(s\) failed and were skipped: .*bad.png.*nan.tif",
-    new=["out/good.png"],
+    new=["out/good_labels.png"],
     lines=3,
 )
 def _mixed_batch(t):
@@ -537,19 +537,28 @@ def _wrong_task(t):
 @case("write: predict --out is the input folder, --overwrite", 2, r"would replace the input")
 def _out_is_input(t):
     png(t.dir / "in" / "a.png", gray())
+    png(t.dir / "in" / "a_labels.png", disc_mask())  # an earlier run's labels, now an input
     args = predict(t, "in", extra=["--overwrite"])
     args[args.index("-o") + 1] = str(t.dir / "in")
     return args
 
 
-@case("write: x and x_probs collide", 2, r"two outputs would be written to .*x_probs.tif")
+@case(
+    "write: x and x_probs do not collide (labels are x_labels)",
+    0,
+    new=["out/x_labels.tif", "out/x_probs.tif", "out/x_probs_labels.tif", "out/x_probs_probs.tif"],
+)
 def _probs_collide(t):
     png(t.dir / "in" / "x.png", gray())
     png(t.dir / "in" / "x_probs.png", gray(1))
     return predict(t, "in", extra=["--probabilities", "--format", "tif"])
 
 
-@case("write: a.png and a.tif give one label file", 2, r"two outputs would be written to .*a.png")
+@case(
+    "write: a.png and a.tif give one label file",
+    2,
+    r"two outputs would be written to .*a_labels.png",
+)
 def _same_stem(t):
     png(t.dir / "in" / "a.png", gray())
     tif(t.dir / "in" / "a.tif", gray(1))
@@ -563,22 +572,27 @@ def _case_collide(t):
     return predict(t, "in1", "in2")
 
 
-@case("write: existing output kept", 2, r"a.png already exists")
+@case("write: existing output kept", 2, r"a_labels.png already exists")
 def _existing_output(t):
     png(t.dir / "a.png", gray())
     (t.dir / "out").mkdir()
-    (t.dir / "out" / "a.png").write_bytes(b"someone's labels")
+    (t.dir / "out" / "a_labels.png").write_bytes(b"someone's labels")
     return predict(t, "a.png")
 
 
-@case("write: a second run writes in between (race)", 1, r"a.png already exists", new=["out/a.png"])
+@case(
+    "write: a second run writes in between (race)",
+    1,
+    r"a_labels.png already exists",
+    new=["out/a_labels.png"],
+)
 def _race(t):
     import napari_segen.inference as inference
 
     real = inference.iter_predict
 
     def other_run_first(*args, **kwargs):
-        (t.dir / "out" / "a.png").write_bytes(b"the other run's labels")
+        (t.dir / "out" / "a_labels.png").write_bytes(b"the other run's labels")
         return real(*args, **kwargs)
 
     t.mp.setattr(inference, "iter_predict", other_run_first)
@@ -587,7 +601,7 @@ def _race(t):
 
 
 def _race_kept(t):
-    assert (t.dir / "out" / "a.png").read_bytes() == b"the other run's labels"
+    assert (t.dir / "out" / "a_labels.png").read_bytes() == b"the other run's labels"
 
 
 CASES["write: a second run writes in between (race)"].check = _race_kept
@@ -708,7 +722,7 @@ def _read_only(t):
 
 
 @case("fault: disk full while writing labels", 2,
-      r"out/a.png: No space left on device; the disk is full")  # fmt: skip
+      r"out/a_labels.png: No space left on device; the disk is full")  # fmt: skip
 def _disk_full(t):
     png(t.dir / "a.png", gray())
 
@@ -752,7 +766,7 @@ def _safetensors_full(t):
     return train(t, extra=["--val-split", "0"])
 
 
-@case("fault: stale temp files of a dead run are cleaned", 0, new=["out/a.png"])
+@case("fault: stale temp files of a dead run are cleaned", 0, new=["out/a_labels.png"])
 def _stale_temps(t):
     png(t.dir / "a.png", gray())
     out = t.dir / "out"

@@ -23,7 +23,8 @@ def image_folder(tmp_path, blobs_image):
     return folder
 
 
-def test_predict_folder_writes_same_names(tmp_path, image_folder, tiny_model_file, capsys):
+def test_predict_folder_writes_labels_names(tmp_path, image_folder, tiny_model_file, capsys):
+    """One ``<name>_labels.png`` per input: napari's "<image> labels" name, opened as Labels."""
     out = tmp_path / "out"
     rc = main(
         [
@@ -40,8 +41,12 @@ def test_predict_folder_writes_same_names(tmp_path, image_folder, tiny_model_fil
         ]
     )
     assert rc == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
-    lab = np.asarray(Image.open(out / "a.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "a_labels.png",
+        "b_labels.png",
+        "c_labels.png",
+    ]
+    lab = np.asarray(Image.open(out / "a_labels.png"))
     assert lab.shape == (96, 80) and set(np.unique(lab)) <= {0, 1}
     assert (out / "a_probs.tif").is_file()
 
@@ -49,13 +54,13 @@ def test_predict_folder_writes_same_names(tmp_path, image_folder, tiny_model_fil
 def test_predict_never_overwrites_without_flag(tmp_path, image_folder, tiny_model_file, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "a.png").write_bytes(b"user file")
+    (out / "a_labels.png").write_bytes(b"user file")
     rc = main(["predict", str(image_folder), "-m", str(tiny_model_file), "--out", str(out), "-q"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
-    assert (out / "a.png").read_bytes() == b"user file"
-    assert not (out / "b.png").exists()  # refused before doing any work
+    assert (out / "a_labels.png").read_bytes() == b"user file"
+    assert not (out / "b_labels.png").exists()  # refused before doing any work
     assert (
         main(
             [
@@ -71,7 +76,7 @@ def test_predict_never_overwrites_without_flag(tmp_path, image_folder, tiny_mode
         )
         == 0
     )
-    assert (out / "a.png").read_bytes() != b"user file"
+    assert (out / "a_labels.png").read_bytes() != b"user file"
 
 
 def test_predict_stack_tif(tmp_path, tiny_model_file):
@@ -94,7 +99,7 @@ def test_predict_stack_tif(tmp_path, tiny_model_file):
         )
         == 0
     )
-    assert tifffile.imread(tmp_path / "o" / "stack.tif").shape == (3, 40, 50)
+    assert tifffile.imread(tmp_path / "o" / "stack_labels.tif").shape == (3, 40, 50)
 
 
 @pytest.mark.parametrize(
@@ -151,8 +156,8 @@ def test_colour_images_give_png_and_stacks_tif(tmp_path, tiny_model_file):
     out = tmp_path / "out"
     argv = ["predict", str(src), "-m", str(tiny_model_file), "-o", str(out), "-q"]
     assert main([*argv, "--device", "cpu"]) == 0
-    assert (out / "rgba.png").is_file() and (out / "stack.tif").is_file()
-    assert tifffile.imread(out / "stack.tif").shape == (2, 30, 40)
+    assert (out / "rgba_labels.png").is_file() and (out / "stack_labels.tif").is_file()
+    assert tifffile.imread(out / "stack_labels.tif").shape == (2, 30, 40)
 
 
 def test_predict_halo_option(tmp_path, tiny_model_file, blobs_image, capsys):
@@ -166,10 +171,54 @@ def test_predict_halo_option(tmp_path, tiny_model_file, blobs_image, capsys):
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file),
                  "--out", str(out), "--tile-size", "64", "--halo", "8", "-q"]) == 0  # fmt: skip
-    assert iio.imread(out / "a.png").shape == image.shape
+    assert iio.imread(out / "a_labels.png").shape == image.shape
     argv = ["predict", str(tmp_path / "a.png"), "--model", str(tiny_model_file),
             "--out", str(tmp_path / "o2"), "--tile-size", "64", "--halo", "40", "-q"]  # fmt: skip
     code = main(argv)
     assert code == 2
     assert "--halo must be from 0 to under half the tile size" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
+def test_predict_output_reopens_as_labels(tmp_path, image_folder, tiny_model_file, capsys):
+    """The reader claims what predict writes (labels, objects, a zarr store) and gives Labels
+    with the values written; a zarr store that predict did not write is left to others."""
+    import zarr
+
+    from napari_segen import _reader
+
+    out = tmp_path / "out"
+    argv = ["predict", str(image_folder / "a.png"), "-m", str(tiny_model_file), "-q",
+            "--tile-size", "64", "--device", "cpu"]  # fmt: skip
+    assert main([*argv, "--out", str(out), "--instances"]) == 0
+    capsys.readouterr()
+    written = np.asarray(Image.open(out / "a_labels.png"))
+    for name in ("a_labels.png", "a_objects.tif"):
+        reader = _reader.napari_get_reader(str(out / name))
+        assert reader is not None, name
+        ((data, meta, kind),) = reader(str(out / name))
+        assert kind == "labels" and meta["name"] == name.rsplit(".", 1)[0]
+        if name == "a_labels.png":
+            np.testing.assert_array_equal(data, written)
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.asarray(Image.open(image_folder / "a.png")))
+    argv[1] = str(tmp_path / "a.tif")  # block-wise mode reads zarr or TIFF
+    store = tmp_path / "a.zarr"
+    assert main([*argv, "--out", str(store), "--uncertainty", "--probabilities"]) == 0
+    reader = _reader.napari_get_reader(str(store))
+    assert reader is not None
+    layers = reader(str(store))
+    assert [(meta["name"], kind) for _, meta, kind in layers] == [
+        ("a labels", "labels"),
+        ("a uncertainty", "image"),
+        (["a P(background)", "a P(foreground)"], "image"),
+    ]
+    np.testing.assert_array_equal(np.asarray(layers[0][0]), written)
+    assert layers[0][1]["metadata"]["class_names"] == ["background", "foreground"]
+
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w")["labels"] = np.zeros((4, 4), np.uint8)
+    for path in (other, tmp_path / "missing.zarr", out):
+        assert _reader.napari_get_reader(str(path)) is None

@@ -78,6 +78,9 @@ def test_four_widgets_docked_keep_the_window(
     qtbot.waitUntil(lambda: not seg.runner.running and seg.run_button.enabled, timeout=60_000)
     assert seg.runner.error is None and max(seg_progress, default=0) > 0
     _assert_unbroken(viewer, qtbot, "segmented")
+    for name, w in widgets.items():  # every field fits: no sideways scrolling in any dock
+        bar = w.native.findChild(object, SCROLL_NAME).horizontalScrollBar()
+        assert bar.maximum() == 0, (name, bar.maximum())
 
     # Train: a failing run (class 5 is not one of the model's 2 classes), reported once
     train.start_model.value = _FILE_CHOICE
@@ -144,6 +147,33 @@ def test_fit_label_keeps_full_text_in_tooltip(qtbot):
     label.value = LONG
     assert label.tooltip == LONG
     assert label.native.wordWrap() and label.native.minimumSizeHint().width() < 300
+
+
+def test_wrapped_text_grows_its_row_and_long_choices_do_not_widen_the_form(qtbot):
+    """A wrapped label that gets a longer text gets taller (not cut off), and a long choice in
+    a drop-down list leaves the form as wide as it was (no sideways scrolling)."""
+    from magicgui.widgets import ComboBox, Container, Label, PushButton
+
+    from napari_segen.widgets._layout import SCROLL_NAME, fit_label, make_scrollable
+
+    status = fit_label(Label(value="short"))
+    choice = ComboBox(label="Model", choices=["a", "b"])
+    form = Container(widgets=[PushButton(text="Run"), choice, status])
+    make_scrollable(form)
+    form.native.resize(380, 500)
+    form.native.show()
+    qtbot.addWidget(form.native)
+    qtbot.wait(30)
+    one_line = status.native.height()
+    status.value = LONG
+    qtbot.waitUntil(lambda: status.native.height() > 3 * one_line, timeout=2000)
+    row = status.native.parentWidget()
+    assert row.height() >= status.native.height()
+    choice.choices = ["a", "b", "x" * 200]
+    choice.value = "x" * 200
+    qtbot.wait(30)
+    bar = form.native.findChild(object, SCROLL_NAME).horizontalScrollBar()
+    assert bar.maximum() == 0 and choice.native.toolTip() == "x" * 200
 
 
 def test_train_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):

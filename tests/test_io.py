@@ -188,8 +188,8 @@ def test_reader_claims_layer_names_and_objects(tmp_path):
 
 @pytest.mark.gui
 def test_napari_save_and_open_round_trip(make_napari_viewer, tmp_path, tiny_model_file):
-    """A Labels layer saved from napari under its own name, and predict's objects, reopen as
-    Labels through napari (File > Open offers napari-segen for them)."""
+    """A Labels layer saved from napari under its own name, and predict's labels, objects
+    and zarr store, reopen as Labels through napari (File > Open offers napari-segen)."""
     from napari.layers import Labels
     from napari.plugins._npe2 import get_readers
 
@@ -206,12 +206,34 @@ def test_napari_save_and_open_round_trip(make_napari_viewer, tmp_path, tiny_mode
     (layer,) = viewer.open(str(path), plugin="napari-segen")
     assert isinstance(layer, Labels) and layer.name.startswith("ISBI EM labels")
     np.testing.assert_array_equal(layer.data, data)
+    # saved with napari's own choice of writer (File > Save Selected Layers), the same
+    viewer.layers.selection = {viewer.layers["ISBI EM labels"]}
+    other = tmp_path / "X labels.tif"
+    viewer.layers.save(str(other), selected=True)
+    (layer,) = viewer.open(str(other), plugin="napari-segen")
+    assert isinstance(layer, Labels)
+    np.testing.assert_array_equal(layer.data, data)
 
     Image.fromarray((data * 100).astype(np.uint8)).save(tmp_path / "cells.png")
     out = tmp_path / "pred"
     argv = ["predict", str(tmp_path / "cells.png"), "-m", str(tiny_model_file), "--out", str(out)]
     assert main([*argv, "--instances", "--device", "cpu", "-q"]) == 0
+    labels = out / "cells_labels.png"
+    assert "napari-segen" in get_readers(str(labels))
+    (layer,) = viewer.open(str(labels), plugin="napari-segen")
+    assert isinstance(layer, Labels) and layer.name == "cells_labels"
+    np.testing.assert_array_equal(layer.data, np.asarray(Image.open(labels)))
     objects = out / "cells_objects.tif"
     assert "napari-segen" in get_readers(str(objects))
     (layer,) = viewer.open(str(objects), plugin="napari-segen")
     assert isinstance(layer, Labels) and layer.data.shape == (32, 32)
+
+    tifffile.imwrite(tmp_path / "cells.tif", (data * 100).astype(np.uint8))  # block-wise: TIFF
+    store = tmp_path / "cells.zarr"
+    argv = ["predict", str(tmp_path / "cells.tif"), "-m", str(tiny_model_file), "--out", str(store)]
+    assert main([*argv, "--uncertainty", "--device", "cpu", "-q"]) == 0
+    assert "napari-segen" in get_readers(str(store))
+    layers = viewer.open(str(store), plugin="napari-segen")
+    assert [type(la).__name__ for la in layers] == ["Labels", "Image"]
+    assert layers[0].name == "cells labels"
+    np.testing.assert_array_equal(np.asarray(layers[0].data), np.asarray(Image.open(labels)))

@@ -173,20 +173,27 @@ def test_predict_instances_separates_touching_discs(tmp_path, capsys):
     # never overwritten without --overwrite; the object file is left as it was
     before = (out / "discs_objects.tif").read_bytes()
     assert main(argv) == 2
-    assert "discs.png already exists" in capsys.readouterr().err
+    assert "discs_labels.png already exists" in capsys.readouterr().err
     assert (out / "discs_objects.tif").read_bytes() == before
     assert main([*argv, "--overwrite"]) == 0
     capsys.readouterr()
 
-    # a name clash between one input's outputs and another's is refused before any work
+    # an input named like another's objects no longer clashes (its labels are
+    # discs_objects_labels.tif); two inputs with one name are refused before any work
     Image.fromarray(drawn).save(tmp_path / "in" / "discs_objects.png")
+    tifffile.imwrite(tmp_path / "in" / "discs.tif", drawn)
     clash = ["predict", str(tmp_path / "in"), "-m", str(model), "-o", str(tmp_path / "o2"),
              "--instances", "--format", "tif", "--device", "cpu", "-q"]  # fmt: skip
     assert main(clash) == 2
     err = capsys.readouterr().err
-    assert "discs_objects.tif" in err and "the objects of discs.png" in err
-    assert "the labels of discs_objects.png" in err and err.count("\n") == 1
+    assert "two outputs would be written to" in err and "discs_labels.tif" in err
+    assert "of discs.png" in err and "of discs.tif" in err and err.count("\n") == 1
     assert not (tmp_path / "o2").exists()
+    (tmp_path / "in" / "discs.tif").unlink()
+    assert main(clash) == 0
+    capsys.readouterr()
+    assert (tmp_path / "o2" / "discs_objects_labels.tif").is_file()
+    assert (tmp_path / "o2" / "discs_objects.tif").is_file()
 
 
 # --- 3. instance and EM metrics --------------------------------------------------------------

@@ -298,3 +298,21 @@ def test_objects_layer_has_features_and_a_count(qtbot, widget, blobs_image):
     assert f["area"].sum() == (objects.data > 0).sum()
     assert f"{n} objects" in w.status.value
     assert not any(lyr.name.startswith("cells P(") for lyr in viewer.layers)  # not asked for
+
+
+def test_status_says_a_model_is_loading(qtbot, widget, blobs_image, monkeypatch):
+    import napari_segen.widgets.segment_widget as sw
+
+    viewer, w = widget
+    w.image.value = viewer.add_image(blobs_image[0], name="cells")
+    seen: list[str] = []
+    real = sw.load_model
+
+    def load(path):
+        seen.append(w.status.value)
+        return real(path)
+
+    monkeypatch.setattr(sw, "load_model", load)
+    _run_and_wait(qtbot, w)
+    assert seen == ["loading model tiny.safetensors..."]
+    assert w.status.value.startswith("done")

@@ -296,3 +296,14 @@ def test_one_class_name_is_refused(widget):
     widget.start()
     assert not widget.runner.running
     assert "at least two class names" in widget.status.value
+
+
+def test_less_used_settings_are_folded(widget):
+    """Masks are, class names, validation share and learning rate sit in a collapsed
+    "Advanced settings" section above Train; they stay attributes that set the job."""
+    section = widget.advanced_section
+    assert section.text() == "Advanced settings" and not section.isExpanded()
+    for w in (widget.masks_are, widget.class_names, widget.val_split, widget.lr):
+        assert section.isAncestorOf(w.native)
+    widget.lr.value = 0.002
+    assert widget.build_job().config.lr == pytest.approx(0.002)

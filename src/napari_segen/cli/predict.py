@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
         "predict",
         help="segment images into label images (and objects)",
         description="Segment image files (or every image in the given folders) and write one "
-        "label image per input, with the same name, into --out. --instances also writes the "
+        "label image per input, named <name>_labels.png (or .tif), into --out; napari-segen "
+        "opens these files as Labels layers. --instances also writes the "
         "objects (one id per object) as <name>_objects.tif with a table <name>_objects.csv. "
         "Existing files are kept unless --overwrite is given. "
         "Images bigger than memory: a .zarr input, or --out NAME.zarr, segments one image "
@@ -38,7 +39,8 @@ def add_parser(sub) -> None:
         "--out",
         "-o",
         required=True,
-        help="output folder for the label images; a NAME.zarr path: block-wise mode",
+        help="output folder for the label images (<name>_labels.png|tif); a NAME.zarr path: "
+        "block-wise mode",
     )
     p.add_argument(
         "--format",
@@ -47,15 +49,24 @@ def add_parser(sub) -> None:
         help="label file format (default: png for 2D, tif for stacks)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (default: 256)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=256,
+        help="tile edge in pixels (default: 256). 512 is closer to one whole-image pass "
+        "(bundled model, 2048x2048: 0.005%% of labels differ instead of 0.12%%) and 16%% "
+        "faster on big images, for about 0.4 GB more memory on the CPU",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
     p.add_argument(
         "--halo",
         type=int,
         default=None,
-        help="tile-border pixels dropped where tiles meet (default: 16 for 256-px tiles); "
-        "a halo covering the model's receptive field makes tiled output equal whole-image "
-        "output (64 for the bundled model: 0.002%% of labels differ instead of 0.1%%, ~4x time)",
+        help="tile-border pixels dropped where tiles meet (default: a sixteenth of the tile, "
+        "16 for 256-px tiles); a halo covering the model's receptive field makes tiled output "
+        "equal whole-image output. Bundled model, 256-px tiles: 0.12%% of labels differ from "
+        "one whole-image pass with the default, 0.002%% with --halo 64 at 2.3x the time "
+        "(or use --tile-size 512)",
     )
     p.add_argument(
         "--probabilities",
@@ -115,7 +126,8 @@ def add_parser(sub) -> None:
 
 def _outputs(out_dir: Path, stem: str, labels_suffix: str, args) -> dict[str, Path]:
     """Every file one input writes, by kind."""
-    paths = {"labels": out_dir / (stem + labels_suffix)}
+    # "<stem>_labels.png": napari's "<image> labels" convention, which the reader opens as Labels
+    paths = {"labels": out_dir / f"{stem}_labels{labels_suffix}"}
     if args.probabilities:
         paths["probabilities"] = out_dir / f"{stem}_probs.tif"
     if args.uncertainty:

@@ -9,7 +9,10 @@ screen), and forms taller than the screen (four widgets docked made the window
 * shows status and readout text in labels from :func:`fit_label` - wrapped (or
   clipped) to the dock's width, the full text in the tooltip, selectable;
 * puts its form in a scroll area (:func:`make_scrollable`), so docking every
-  widget only adds scroll bars;
+  widget only adds a vertical scroll bar; drop-down lists in it may shrink
+  (their text cut short, the whole choice in the tooltip) rather than widen the
+  form, so a long model name chosen after the dock opened does not make it
+  scroll sideways;
 * keeps rarely changed settings in a :func:`collapsible` section.
 """
 
@@ -41,6 +44,8 @@ def fit_label(label: Label, *, wrap: bool = True, selectable: bool = True) -> La
     native.setSizePolicy(QSizePolicy.Policy.Ignored, vertical)
     if selectable:
         native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    if not wrap:  # clipped on the right, so the start of the message is always readable
+        native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
 
     # A Label emits no ``changed`` (QLabel has no such signal): follow its setter instead.
     backend = label._widget
@@ -53,6 +58,18 @@ def fit_label(label: Label, *, wrap: bool = True, selectable: bool = True) -> La
     backend._mgui_set_value = _set_value
     _set_value(label.value)
     return label
+
+
+def full_width(*widgets: Any) -> None:
+    """Give each of ``widgets`` (in a labelled form) the whole row: no empty label column.
+
+    For explanations under a value and for unlabelled sub-forms, which are
+    otherwise squeezed into the value column and wrap into many short lines.
+    """
+    for widget in widgets:
+        labeled = widget._labeled_widget()
+        if labeled is not None:
+            labeled._label_widget.visible = False
 
 
 def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
@@ -73,6 +90,31 @@ def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
 
 #: The widest a dock's form may ask to be, in pixels.
 MAX_FORM_WIDTH = 420
+#: The narrowest: room for a model name or a layer name chosen after the dock opened.
+MIN_FORM_WIDTH = 360
+
+
+#: Characters a drop-down list keeps when its dock is narrow (the rest is cut off).
+COMBO_MIN_CHARS = 10
+
+
+def shrink_combos(widget: Any) -> None:
+    """Let every drop-down list (``QComboBox``) under ``widget`` shrink below its longest item.
+
+    Qt sizes a combo box to its longest choice by default, so choosing a long model
+    name or path widens the form; with this it asks for its width but can be
+    squeezed to :data:`COMBO_MIN_CHARS` characters, the whole choice in its tooltip.
+    """
+    from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+    policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(policy)
+        combo.setMinimumContentsLength(COMBO_MIN_CHARS)
+        combo.setSizePolicy(QSizePolicy.Policy.Expanding, combo.sizePolicy().verticalPolicy())
+        if not combo.toolTip():  # the whole choice, one hover away, when it is cut short
+            combo.currentTextChanged.connect(combo.setToolTip)
+            combo.setToolTip(combo.currentText())
 
 
 def make_scrollable(container: Container) -> Any:
@@ -86,6 +128,7 @@ def make_scrollable(container: Container) -> Any:
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+    full_width(*(w for w in container if isinstance(w, Container) and not w.label))
     outer = container.native
     layout = outer.layout()
     body = QWidget()
@@ -95,7 +138,10 @@ def make_scrollable(container: Container) -> Any:
     while layout.count():
         item = layout.takeAt(0)
         if item.widget() is not None:
-            body_layout.addWidget(item.widget())
+            # Move the item itself: a widget keeps the first layout item made for it, and a
+            # new one's cached heights would never be refreshed (wrapped text cut off).
+            item.widget().setParent(body)
+            body_layout.addItem(item)
         elif item.layout() is not None:
             body_layout.addLayout(item.layout())
         else:
@@ -116,8 +162,12 @@ def make_scrollable(container: Container) -> Any:
     scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     scroll.setWidget(body)
+    # The dock opens as wide as the form would like (capped); what changes later (a long
+    # model name, a path) is cut short in a drop-down that may shrink, not scrolled sideways.
+    want = max(body.minimumSizeHint().width(), body.sizeHint().width())
+    shrink_combos(body)
     bar = scroll.verticalScrollBar().sizeHint().width()
-    scroll.setMinimumWidth(min(body.minimumSizeHint().width() + bar, MAX_FORM_WIDTH))
+    scroll.setMinimumWidth(min(max(want + bar, MIN_FORM_WIDTH), MAX_FORM_WIDTH))
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(scroll)
     container._scroll_area = scroll

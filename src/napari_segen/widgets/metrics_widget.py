@@ -40,7 +40,7 @@ from ..metrics.report import (
 )
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
-from ._layout import fit_label, make_scrollable
+from ._layout import fit_label, full_width, make_scrollable
 from ._worker import TaskRunner
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class MetricsReadout(Container):
                 self.extend([value, note])
                 fit_label(note, selectable=False)
             self.append(fit_label(self.notes))
+            full_width(*(note for _, note in self._rows.values()), self.notes)
             self.clear()
             return
         self.ssim, self.ssim_help = Label(label="SSIM"), Label(label="")
@@ -96,6 +97,7 @@ class MetricsReadout(Container):
         for w in (self.ssim_help, self.psnr_help, self.fid_help, self.kid_help):
             fit_label(w, selectable=False)
         fit_label(self.notes)
+        full_width(self.ssim_help, self.psnr_help, self.fid_help, self.kid_help, self.notes)
         self.clear()
 
     @property
@@ -229,6 +231,8 @@ class MetricsWidget(Container):
         ])  # fmt: skip
         fit_label(self.weights_status)
         fit_label(self.status)
+        fit_label(self.objects_header, selectable=False)
+        full_width(self.weights_status, self.objects_header)  # long lines: the whole row
         self.runner = TaskRunner(
             [self.run_button, self.objects_button], self.cancel_button, self.status
         )

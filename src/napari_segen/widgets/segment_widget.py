@@ -128,7 +128,7 @@ class SegmentWidget(Container):
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model_file = FileEdit(label="Model file", filter="*.safetensors", visible=False)
-        self.classes = Label(label="Classes")
+        self.classes = fit_label(Label(label="Classes"))  # a long class list wraps
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.tile_size = SpinBox(label="Tile size", value=256, min=32, max=4096, step=32)
         self.output = ComboBox(label="Write into", choices=self._output_choices)
@@ -277,10 +277,14 @@ class SegmentWidget(Container):
         if layer is None:
             show_error("Add or select an image layer to segment first.")
             return
+        before = self.status.value
         try:
             path = self.model_path()
+            self.status.value = f"loading model {path.name}..."
+            self.status.native.repaint()  # shown now: loading holds the GUI thread a moment
             model = load_model(path)
         except ModelFileError as err:
+            self.status.value = before
             show_error(f"Cannot use this model: {err}")
             return
         target = None

@@ -73,7 +73,7 @@ from ._layers import (
     preferred_labels,
     viewer_camera,
 )
-from ._layout import fit_label, make_scrollable
+from ._layout import collapsible, fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -236,16 +236,20 @@ class TrainWidget(Container):
         self.status = Label(value="")
         self.extend(
             [
-                self.image_layer, self.labels_layer, self.mode, self.masks_are, self.class_names,
-                self.use_folders,
+                self.image_layer, self.labels_layer, self.mode, self.use_folders,
                 self.images_dir, self.masks_dir, self.start_model, self.start_file,
-                self.val_split, self.epochs, self.max_minutes, self.lr, self.device,
+                self.epochs, self.max_minutes, self.device,
                 self.out_path, self.overwrite, self.start_button, self.cancel_button,
                 self.resegment_button, self.status,
             ]
         )  # fmt: skip
         self._setup_plot()
         self._fix_status_size()
+        # Settings rarely changed stay folded (STYLE 14: forms that stay small), above Train.
+        self.advanced_section = collapsible(
+            "Advanced settings", [self.masks_are, self.class_names, self.val_split, self.lr]
+        )
+        self._insert_above_train(self.advanced_section)
         self._add_corrections_section()
         make_scrollable(self)  # docking never grows the window
 
@@ -329,8 +333,12 @@ class TrainWidget(Container):
         return catalog.path_for(choice)
 
     def _fix_status_size(self) -> None:
-        """Changing status text must not re-layout the window (that re-renders the canvas)."""
-        fit_label(self.status, wrap=False)  # one line, clipped; full text in the tooltip
+        """Changing status text must not re-layout the window (that re-renders the canvas).
+
+        The status wraps inside the scrolled form (which never resizes the dock), so the
+        saved model's path in the final message is shown whole and can be selected.
+        """
+        fit_label(self.status)  # wrapped to the dock's width; full text in the tooltip
 
     # --- the plot ------------------------------------------------------------
     def _setup_plot(self) -> None:
@@ -511,6 +519,17 @@ class TrainWidget(Container):
             self._set_out(suggest_output_path(layer.name if layer else path.stem, path.parent))
 
     # --- corrections, replay, fine-tune defaults, live preview ---------------
+    def _insert_above_train(self, section: Any) -> None:
+        """Put a (collapsible) Qt widget into the form just above the Train button."""
+        layout = self.native.layout()
+        at = next(
+            i
+            for i in range(layout.count())
+            if (w := layout.itemAt(i).widget()) is not None
+            and (w is self.start_button.native or w.isAncestorOf(self.start_button.native))
+        )
+        layout.insertWidget(at, section)
+
     def _add_corrections_section(self) -> None:
         """The "Corrections and preview" options, collapsed above the Train button."""
         from superqt import QCollapsible
@@ -550,14 +569,7 @@ class TrainWidget(Container):
         self.corrections_section = QCollapsible("Corrections and preview")
         self.corrections_section.addWidget(inner.native)
         self._corrections_inner = inner
-        layout = self.native.layout()
-        at = next(
-            i
-            for i in range(layout.count())
-            if (w := layout.itemAt(i).widget()) is not None
-            and (w is self.start_button.native or w.isAncestorOf(self.start_button.native))
-        )
-        layout.insertWidget(at, self.corrections_section)
+        self._insert_above_train(self.corrections_section)
         self._minutes_edited = False
         self.max_minutes.changed.connect(self._on_minutes_edited)
         self.start_model.changed.connect(self._fine_tune_defaults)
