@@ -191,24 +191,28 @@ def main() -> None:
     ranked.sort(key=lambda t: -t[0])
     chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
 
-    wrong_in = {
-        "all tiles": np.mean(
-            [(q != p.mask).mean() for q, p in zip(predictions, pool, strict=True)]
-        ),
-        "uncertainty-chosen": np.mean(
-            [(predictions[i] != pool[i].mask)[y : y + TILE, x : x + TILE].mean()
-             for i, y, x in chosen_unc]
-        ),
-    }  # fmt: skip
-    print("wrong pixels of the start model: " + ", ".join(
-        f"{k} {v:.1%}" for k, v in wrong_in.items()))  # fmt: skip
+    def describe_tiles(label: str, tiles: list[tuple[int, int, int]]) -> None:
+        """What the annotator fixes in ``tiles``: wrong pixels, and which kind of mistake."""
+        pred = np.stack([predictions[i][y : y + TILE, x : x + TILE] for i, y, x in tiles])
+        truth = np.stack([pool[i].mask[y : y + TILE, x : x + TILE] for i, y, x in tiles])
+        print(
+            f"  {label:<22} wrong {(pred != truth).mean():5.1%}"
+            f"  membrane {(truth == 1).mean():5.1%}"
+            f"  missed membrane {((truth == 1) & (pred != 1)).mean():5.1%}"
+            f"  false membrane {((truth != 1) & (pred == 1)).mean():5.1%}"
+        )
+
+    all_tiles = [(i, y, x) for _, i, y, x in ranked]
+    print("the start model's mistakes in the tiles (mean over the tiles):")
+    describe_tiles("all tiles", all_tiles)
+    describe_tiles("uncertainty-chosen", chosen_unc)
 
     results: dict[str, list[float]] = {"uncertainty": [], "random": [], "none": []}
     results_old: dict[str, list[float]] = {k: [] for k in results}
     for seed in range(args.seeds):
         rng = np.random.default_rng(100 + seed)
-        all_tiles = [(i, y, x) for _, i, y, x in ranked]
         chosen_rnd = [all_tiles[j] for j in rng.choice(len(all_tiles), args.budget, replace=False)]
+        describe_tiles(f"random, seed {seed}", chosen_rnd)
         arms = {
             "uncertainty": corrected_pairs(pool, predictions, chosen_unc, args.untouched),
             "random": corrected_pairs(pool, predictions, chosen_rnd, args.untouched),

@@ -271,10 +271,11 @@ def main(argv=None) -> int:
 
     m = scores[main_name]
     dist_key = "fid" if m["fid"] is not None else "feature_distance"
-    print()
+    width = model.spec.arch_kwargs.get("ngf", args.width)
+    trained = f"in {train_s:.0f} s" if train_s else f"({gen_path})"
     print(
-        f"ISBI 2012, 4 held-out masks; {args.preset} {steps} steps in {train_s:.0f} s "
-        f"(crop {args.crop_size}, width {args.width}, CPU threads {args.threads})"
+        f"ISBI 2012, 4 held-out masks; {args.preset} {steps} steps {trained} "
+        f"(crop {args.crop_size}, width {width}, CPU threads {args.threads})"
     )
     print(
         f"set distance: {m['feature']}"

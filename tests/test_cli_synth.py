@@ -339,3 +339,19 @@ def test_synth_train_takes_the_segmentation_sources_voc(tmp_path):
             "--quiet", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     assert out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_generate_with_the_bundled_generator(tmp_path):
+    """``--model default``: the bundled ISBI generator draws membranes (class 1) dark on a
+    lighter cell interior, with no training first; ISBI-style masks go through --mask-map."""
+    yy, xx = np.mgrid[:128, :128]
+    mask = np.full((128, 128), 255, np.uint8)  # ISBI: 255 = cell interior
+    mask[(np.abs(yy - 64) < 4) | (np.abs(xx - 40) < 4)] = 0  # 0 = membrane
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "m.png")
+    out = tmp_path / "out"
+    args = ["synth", "generate", str(tmp_path / "masks"), "--model", "default", "--out", str(out)]
+    assert main([*args, "--mask-map", "0:1,255:0", "--device", "cpu", "--quiet"]) == 0
+    img = np.asarray(Image.open(out / "m.png"), float)
+    assert img.shape == (128, 128)
+    assert img[mask == 0].mean() < img[mask == 255].mean() - 20

@@ -217,6 +217,13 @@ def test_corrections_weigh_more_replay_and_fine_tune_defaults(widget, qtbot, tmp
     widget.untouched.value = "ignore"
     (pair,) = widget.build_job().layers.read().pairs
     assert (pair.mask >= 0).sum() == 10
+    # a region visited with "Next region to correct" was reviewed: its pixels train too
+    image = widget.image_layer.value
+    box = np.array([[20, 30], [20, 50], [40, 50], [40, 30]], float)
+    widget.viewer.add_shapes([box], shape_type="rectangle", name=f"{image.name} regions to correct")
+    (pair,) = widget.build_job().layers.read().pairs
+    assert (pair.mask[20:40, 30:50] >= 0).all() and (pair.weight[20:40, 30:50] == 1).all()
+    assert (pair.mask >= 0).sum() == 10 + 400
     widget.weight_corrections.value = False
     assert not isinstance(widget.build_job().layers, CorrectionSource)
 

@@ -270,7 +270,12 @@ def _add_evaluate(ss) -> None:
         "image of the same name in --images (use held-out pairs).",
     )
     add_source_arguments(v)
-    v.add_argument("--model", "-m", required=True, help="generator model file (.safetensors)")
+    v.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="generator model file (.safetensors), or 'default' for the bundled ISBI generator",
+    )
     v.add_argument("--no-fid", action="store_true", help="SSIM and PSNR only")
     v.add_argument(
         "--fid-features",
@@ -292,7 +297,12 @@ def _add_run_flags(p: argparse.ArgumentParser, replaces: str, func) -> None:
 
 
 def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, help="generator model file (.safetensors)")
+    p.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="generator model file (.safetensors), or 'default' for the bundled ISBI generator",
+    )
     p.add_argument(
         "--mask-map",
         default=None,
@@ -319,9 +329,15 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
 
 
 def _load_generator(path: str):
-    """The generator in ``path``, on the CPU: the core moves it to the device it runs on."""
+    """The generator in ``path`` ('default': the bundled ISBI one), on the CPU: the core
+    moves it to the device it runs on."""
+    from ..models import default_generator_path
     from ..synthesis.generate import load_generator
 
+    if path == "default":
+        path = str(default_generator_path())
+        if not Path(path).is_file():
+            raise UserError(f"the bundled generator is missing ({path}); reinstall napari-segen")
     if not Path(path).is_file():
         raise UserError(f"generator model file not found: {path}")
     return load_generator(path)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.conventions import DEFAULT_TILE_SIZE
 from ..data.layout import spatial_layout
 from ..data.normalize import NormStats, normalize_image, stats_from_counts, to_channels_first
 from ..models.model_file import LoadedModel, load_model
@@ -70,7 +71,7 @@ class BlockSettings:
     """What a block run computes; stored in the output's attrs to check a resume."""
 
     block_size: int = 2048
-    tile_size: int | None = 256
+    tile_size: int | None = DEFAULT_TILE_SIZE
     overlap: int | None = None
     halo: int | None = None
     batch_size: int = 4

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.conventions import DEFAULT_TILE_SIZE
 from ..data.layout import spatial_layout
 from ..data.normalize import normalize_image, to_channels_first
 from ..models.model_file import LoadedModel
@@ -72,7 +73,7 @@ def iter_predict(
     image: np.ndarray,
     *,
     rgb: bool | None = None,
-    tile_size: int | None = 256,
+    tile_size: int | None = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     halo: int | None = None,
     batch_size: int = 4,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 import torch
 import torch.nn.functional as F
 
+from ..data.conventions import DEFAULT_TILE_SIZE
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive
 from .cpu_runtime import fewer_page_faults
@@ -27,7 +28,7 @@ def iter_sliding_window(
     image: torch.Tensor,
     predictor: Predictor,
     *,
-    tile_size: int | None = 256,
+    tile_size: int | None = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     halo: int | None = None,
     size_multiple: int = 1,
@@ -131,7 +132,7 @@ def padded_shape(shape: tuple[int, int], size_multiple: int) -> tuple[int, int]:
 
 def plan_window(
     shape: tuple[int, int],
-    tile_size: int | None = 256,
+    tile_size: int | None = DEFAULT_TILE_SIZE,
     overlap: int | None = None,
     halo: int | None = None,
     size_multiple: int = 1,

@@ -15,6 +15,7 @@ from .model_file import (
 from .registry import build_model, list_models, register_model
 
 DEFAULT_MODEL_NAME = "isbi-membrane-unet"
+DEFAULT_GENERATOR_NAME = "isbi-membrane-generator"
 
 
 def default_model_path():
@@ -24,12 +25,23 @@ def default_model_path():
     return files("napari_segen.models").joinpath("default", f"{DEFAULT_MODEL_NAME}.safetensors")
 
 
+def default_generator_path():
+    """Path of the bundled default generator (the texture pix2pix trained on the ISBI sample:
+    label map with 0 = cell interior, 1 = membrane in, EM image out)."""
+    from importlib.resources import files
+
+    name = f"{DEFAULT_GENERATOR_NAME}.safetensors"
+    return files("napari_segen.models").joinpath("default", name)
+
+
 __all__ = [
+    "DEFAULT_GENERATOR_NAME",
     "DEFAULT_MODEL_NAME",
     "LoadedModel",
     "ModelFileError",
     "ModelSpec",
     "build_model",
+    "default_generator_path",
     "default_model_path",
     "list_models",
     "load_model",

@@ -44,6 +44,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..data.sources import DENSE
+from ..models import default_generator_path
 from ..synthesis.trainer import PRESETS
 from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
@@ -242,7 +243,16 @@ class SynthesizeWidget(Container):
         self.overwrite = CheckBox(text="Overwrite an existing generator file")
         self.train_button = PushButton(text="Train cGAN")
 
-        self.model_path = FileEdit(label="Generator", mode="r", filter="*.safetensors")
+        # The bundled ISBI generator until the user trains or picks one: Generate works at once.
+        bundled = Path(str(default_generator_path()))
+        self.model_path = FileEdit(
+            label="Generator", mode="r", filter="*.safetensors",
+            value=bundled if bundled.is_file() else None,
+        )  # fmt: skip
+        self.model_path.tooltip = (
+            "the generator that draws images from labels; at first the bundled one, trained on "
+            "the ISBI sample (0 = cell interior, 1 = membrane, as Segment writes them)"
+        )
         self.stochastic = CheckBox(
             text="Dropout noise (a different image each time)",
             tooltip="keep dropout on, and draw a generator's noise maps unseeded; unticked, "

@@ -545,7 +545,9 @@ class TrainWidget(Container):
         self.untouched = ComboBox(label="Untouched pixels", choices=UNTOUCHED_MODES, value="keep")
         self.untouched.tooltip = (
             "keep: train on them as labelled (you accepted them); ignore: train on your "
-            f"changes only; pseudo: keep them with weight {PSEUDO_WEIGHT:g}"
+            f"changes only; pseudo: keep them with weight {PSEUDO_WEIGHT:g}. Inside the regions "
+            "you visited with 'Next region to correct' (the '<image> regions to correct' "
+            "layer) untouched pixels are always kept: you looked at them"
         )
         self.replay = CheckBox(text="Folders are replay (old training data)")
         self.replay.tooltip = (
@@ -589,6 +591,17 @@ class TrainWidget(Container):
         finally:
             self._setting_minutes = False
 
+    def _reviewed_regions(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The regions visited with "Next region to correct" (the ``<image> regions to
+        correct`` Shapes layer, rectangles the user may also draw), as a bool mask of the
+        labels' ``shape``; None when there is no such layer or it is empty."""
+        image = self.image_layer.value
+        name = f"{getattr(image, 'name', '')} regions to correct"
+        if image is None or name not in self.viewer.layers:
+            return None
+        shapes = self.viewer.layers[name]
+        return regions_mask(getattr(shapes, "data", []), shape)
+
     def _finish_job(self, job: TrainJob, lab_layer: Any) -> TrainJob:
         """Fine-tune crops, corrections from the stored prediction, replay, live preview."""
         if not isinstance(job.start, NewModel) and "crop_size" not in self.config_overrides:
@@ -608,6 +621,7 @@ class TrainWidget(Container):
                 predicted=None if done is None else np.array(done, copy=True),
                 changed_weight=float(self.changed_weight.value),
                 untouched=str(self.untouched.value),
+                reviewed=self._reviewed_regions(tuple(pred.shape)),
             )
             if job.masks_are == "auto":  # a model's segmentation holds classes
                 job.masks_are = "classes"
@@ -880,12 +894,14 @@ class CorrectionSource(ArraySource):
     predicted: Any = None
     changed_weight: float = CHANGED_WEIGHT
     untouched: str = "keep"
+    reviewed: Any = None  # bool mask of the regions the user visited, or None
     changed: float | None = None  # fraction of pixels the user changed (set by read)
 
     def read(self) -> SourcePairs:
         pairs = correction_pairs(
             self.image, self.labels, self.prediction, self.predicted, name=self.name,
             rgb=self.rgb, changed_weight=self.changed_weight, untouched=self.untouched,
+            reviewed=self.reviewed,
         )  # fmt: skip
         self.changed = changed_fraction(self.labels, self.prediction)
         names = list(self.class_names) if self.class_names else None
@@ -893,6 +909,8 @@ class CorrectionSource(ArraySource):
 
     def describe(self) -> dict[str, Any]:
         corrections = {"changed_weight": self.changed_weight, "untouched": self.untouched}
+        if self.reviewed is not None:
+            corrections["reviewed_fraction"] = round(float(np.mean(self.reviewed)), 5)
         if self.changed is not None:
             corrections["changed_fraction"] = round(self.changed, 5)
         return {**super().describe(), "corrections": corrections}
@@ -901,10 +919,32 @@ class CorrectionSource(ArraySource):
         """One line for the status: how much was corrected and how it counts."""
         share = f"{self.changed:.1%}" if self.changed is not None else "some"
         rest = {"keep": "kept", "ignore": "ignored", "pseudo": "down-weighted"}[self.untouched]
+        if self.reviewed is not None and self.untouched != "keep":
+            rest += f" outside the {np.mean(self.reviewed):.0%} of the image you reviewed"
         return (
             f"{share} of the pixels differ from the model's segmentation (weighted "
             f"{self.changed_weight:g}x; untouched pixels {rest})"
         )
+
+
+def regions_mask(shapes: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The bounding boxes of ``shapes`` (vertex arrays in data pixels; for stacks the
+    leading coordinates name the slice) filled into a bool mask of ``shape``; None if
+    no box falls inside it."""
+    mask = np.zeros(shape, bool)
+    lead = len(shape) - 2
+    for vertices in shapes:
+        v = np.asarray(vertices, float)
+        if v.ndim != 2 or v.shape[1] != len(shape):
+            continue
+        index = tuple(int(round(c)) for c in v[0, :lead])
+        if any(not 0 <= i < n for i, n in zip(index, shape[:lead], strict=True)):
+            continue
+        (y0, x0), (y1, x1) = np.floor(v[:, lead:].min(0)), np.ceil(v[:, lead:].max(0))
+        ys = slice(int(max(y0, 0)), int(min(y1, shape[-2])))
+        xs = slice(int(max(x0, 0)), int(min(x1, shape[-1])))
+        mask[(*index, ys, xs)] = True
+    return mask if mask.any() else None
 
 
 def _read_replay(
