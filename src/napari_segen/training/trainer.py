@@ -395,6 +395,9 @@ def _score_epoch(
     score = -record["loss"]
     if val_pairs:
         scores = evaluate_model(model, val_pairs, cfg.val_tile_size, str(run.device))
+        if not run.channels_last:  # prediction made the weights channels-last on the CPU;
+            # training goes on in its own layout, so a resumed run stays bit-exact
+            model.module.to(memory_format=torch.contiguous_format)
         metrics = scores_to_metrics(scores, model.spec.class_names)
         score = _selection_score(metrics)
     record.update(metrics)
