@@ -316,3 +316,98 @@ def test_status_says_a_model_is_loading(qtbot, widget, blobs_image, monkeypatch)
     _run_and_wait(qtbot, w)
     assert seen == ["loading model tiny.safetensors..."]
     assert w.status.value.startswith("done")
+
+
+def _notes(before: int, text: str) -> list[str]:
+    """Messages of the notifications since ``before`` that contain ``text``."""
+    from napari.utils.notifications import notification_manager
+
+    return [n.message for n in notification_manager.records[before:] if text in n.message]
+
+
+def _image_folder(folder, image) -> list:
+    from PIL import Image
+
+    folder.mkdir()
+    paths = [folder / "a.png", folder / "b.png"]
+    Image.fromarray(image).save(paths[0])
+    Image.fromarray(np.ascontiguousarray(image[::-1])).save(paths[1])
+    return paths
+
+
+def test_segment_folder_writes_label_files_like_predict(
+    qtbot, widget, blobs_image, tiny_model_file, tmp_path
+):
+    from napari_segen.data.image_io import read_image
+    from napari_segen.inference import predict
+    from napari_segen.models import load_model
+
+    viewer, w = widget
+    w.device.value = "cpu"
+    img, _ = blobs_image
+    inputs = _image_folder(tmp_path / "images", img)
+    w.folder_in.value = tmp_path / "images"
+    w.folder_out.value = tmp_path / "out"
+    w.segment_folder()
+    pbar, worker = w.runner.pbar, w.runner.worker
+    steps: list[int] = []
+    pbar.events.value.connect(lambda e: steps.append(e.value))
+    qtbot.waitUntil(lambda: not worker.is_running and w.folder_button.enabled, timeout=60_000)
+    assert steps[-1] == pbar.total == 2  # one step per image
+    model = load_model(tiny_model_file)
+    for src in inputs:
+        out = tmp_path / "out" / f"{src.stem}_labels.png"
+        expected = predict(model, read_image(src), tile_size=64, device="cpu").labels
+        np.testing.assert_array_equal(read_image(out), expected)
+    assert w.status.value == f"wrote 2 of 2 label image(s) to {tmp_path / 'out'}"
+    assert len(viewer.layers) == 0  # files only
+
+
+def test_segment_folder_never_overwrites_and_says_so_once(qtbot, widget, blobs_image, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    _, w = widget
+    _image_folder(tmp_path / "images", blobs_image[0])
+    (tmp_path / "out").mkdir()
+    kept = tmp_path / "out" / "b_labels.png"
+    kept.write_bytes(b"mine")
+    w.folder_in.value = tmp_path / "images"
+    w.folder_out.value = tmp_path / "out"
+    before = len(notification_manager.records)
+    w.segment_folder()
+    assert w.runner.worker is None  # nothing started, nothing written
+    assert kept.read_bytes() == b"mine" and not (tmp_path / "out" / "a_labels.png").exists()
+    (note,) = _notes(before, "already exists")
+    assert str(kept) in note and "move the existing files away" in note
+    assert "\n" not in note and "--overwrite" not in note
+    assert "already exists" in w.status.value
+
+
+def test_segment_folder_skips_unreadable_files_one_line_each(qtbot, widget, blobs_image, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    _, w = widget
+    _image_folder(tmp_path / "images", blobs_image[0])
+    (tmp_path / "images" / "c.png").write_bytes(b"not an image")
+    (tmp_path / "images" / "d.tif").write_bytes(b"nor this")
+    w.folder_in.value = tmp_path / "images"
+    w.folder_out.value = tmp_path / "out"
+    before = len(notification_manager.records)
+    w.segment_folder()
+    worker = w.runner.worker
+    qtbot.waitUntil(lambda: not worker.is_running and w.folder_button.enabled, timeout=60_000)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_labels.png", "b_labels.png"]
+    assert w.status.value.startswith("wrote 2 of 4 label image(s)")
+    (note,) = _notes(before, "skipped")
+    lines = note.splitlines()
+    assert len(lines) == 3 and lines[1].startswith("skipped c.png: ")
+    assert lines[2].startswith("skipped d.tif: ") and "Traceback" not in note
+
+
+def test_segment_folder_needs_both_folders(widget, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    _, w = widget
+    before = len(notification_manager.records)
+    w.segment_folder()
+    assert w.runner.worker is None and _notes(before, "Folder > Images")

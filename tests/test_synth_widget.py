@@ -65,6 +65,7 @@ def test_train_generate_export_score(widget, qtbot, tmp_path):
     w.export()
     _wait(qtbot, w)
     assert w.last_export is not None and w.last_export.count == 3
+    assert "not mixed into training unless you ask" in w.status.value  # the measured verdict
     pairs = pairs_from_folders(tmp_path / "pairs" / "images", tmp_path / "pairs" / "masks")
     assert len(pairs) == 3 and all(set(np.unique(p.mask)) <= {0, 1} for p in pairs)
 

@@ -209,7 +209,7 @@ def test_cli_share_zero_says_synthetic_pairs_are_off(folders, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert main(_train_args(folders, out)) == 0
     err = capsys.readouterr().err
-    assert "synthetic pairs are off by default" in err
+    assert "synthetic pairs are not mixed into training unless you ask" in err
     assert "synthetic" not in json.loads(out.with_suffix(".json").read_text())["provenance"]
 
 

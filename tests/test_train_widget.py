@@ -314,3 +314,20 @@ def test_less_used_settings_are_folded(widget):
         assert section.isAncestorOf(w.native)
     widget.lr.value = 0.002
     assert widget.build_job().config.lr == pytest.approx(0.002)
+
+
+def test_legend_shows_which_label_value_paints_which_class(widget):
+    """A compact legend: colour square, label value and class name, from the start model,
+    the typed class names, and shifted by one for sparse strokes (0 = not annotated)."""
+    from napari_segen.widgets.train_widget import MODE_SPARSE
+
+    legend = widget.legend
+    assert "0&nbsp;background" in legend.value and "1&nbsp;foreground" in legend.value
+    assert "Label value painted = class: 0 = background; 1 = foreground" in legend.tooltip
+    color = widget.labels_layer.value.get_color(1)
+    assert "#" + "".join(f"{round(float(c) * 255):02x}" for c in color[:3]) in legend.value
+    widget.class_names.value = "cell interior, membrane, mitochondrion"
+    assert "2&nbsp;mitochondrion" in legend.value and "background" not in legend.value
+    widget.mode.value = MODE_SPARSE
+    assert "3&nbsp;mitochondrion" in legend.value and "0 = not annotated" in legend.value
+    assert legend.native.wordWrap()  # wraps rather than widening the dock

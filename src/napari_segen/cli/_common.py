@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..data.conventions import SYNTHETIC_MIXING_NOTE
 from ..data.image_io import IMAGE_SUFFIXES
 
 _NO_DATA = "no data: give --images and --masks, --voc DIR, or --stack-image and --stack-labels"
@@ -195,10 +196,8 @@ def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list 
 
 #: Why ``--synthetic-share`` is 0 unless asked for (docs/benchmarks.md, "Synthesis").
 SYNTHETIC_OFF = (
-    "synthetic pairs are off by default (--synthetic-share 0): in the measured benchmark "
-    "(docs/benchmarks.md) pairs from a CPU-trained generator lowered held-out Dice "
-    "(4 real ISBI pairs: 0.735; + 16 synthetic: 0.552); give --synthetic-share (at most 0.5) "
-    "or --synthetic-pretrain to use them"
+    f"{SYNTHETIC_MIXING_NOTE}; give --synthetic-share (at most 0.5) or --synthetic-pretrain "
+    "to use them"
 )
 
 

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..data.conventions import DEFAULT_TILE_SIZE
 from ._common import (
     UserError,
@@ -125,25 +123,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _outputs(out_dir: Path, stem: str, labels_suffix: str, args) -> dict[str, Path]:
-    """Every file one input writes, by kind."""
-    # "<stem>_labels.png": napari's "<image> labels" convention, which the reader opens as Labels
-    paths = {"labels": out_dir / f"{stem}_labels{labels_suffix}"}
-    if args.probabilities:
-        paths["probabilities"] = out_dir / f"{stem}_probs.tif"
-    if args.uncertainty:
-        paths["uncertainty"] = out_dir / f"{stem}_uncertainty.tif"
-    if args.instances:
-        paths["objects"] = out_dir / f"{stem}_objects.tif"
-        paths["table"] = out_dir / f"{stem}_objects.csv"
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..data.image_io import ImageReadError, image_info, read_image, write_labels
-    from ..inference import iter_predict
+    from ..inference.batch import BatchSettings, iter_predict_files, plan_batch
     from ..models import load_model
-    from ..utils.atomic import OverwriteError, ensure_writable_dir, plan_outputs
     from ..utils.devices import resolve_device
     from ..utils.generators import drive
     from . import SkippedInputs
@@ -166,68 +148,56 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder")
     model = load_model(resolve_model_path(args.model), device="cpu")
-    # Refuse before any work if an output exists, two outputs share a file or an output
-    # would replace an input (the writes are create-exclusive as well). Headers only: the
-    # images are read one at a time below; a bad one is reported and skipped.
-    skipped = SkippedInputs("predict")
-    planned = []
-    for f in files:
-        try:
-            stack = image_info(f).is_stack
-            if stack and args.format == "png":
-                raise ImageReadError(f"{f} is a stack; its labels need --format tif (or none)")
-        except ImageReadError as err:
-            skipped.skip(f, err)
-            continue
-        suffix = f".{args.format}" if args.format else ".tif" if stack else ".png"
-        planned.append((f, _outputs(out_dir, f.stem, suffix, args)))
-    plan_outputs(
-        [(dest, f"the {kind} of {f.name}") for f, outs in planned for kind, dest in outs.items()],
-        inputs=files,
+    settings = BatchSettings(
+        tile_size=args.tile_size,
+        halo=args.halo,
+        batch_size=args.batch_size,
+        device=device,
+        tta=args.tta,
+        format=args.format,
+        probabilities=args.probabilities,
+        uncertainty=args.uncertainty,
+        instances=args.instances,
+        min_object_size=args.min_object_size,
         overwrite=args.overwrite,
     )
-    ensure_writable_dir(out_dir)
-    for i, (f, outputs) in enumerate(planned, 1):
-        try:
-            image = read_image(f)
-        except ImageReadError as err:
-            skipped.skip(f, err)
-            continue
-        gen = iter_predict(
-            model,
-            image,
-            tile_size=args.tile_size,
-            halo=args.halo,
-            batch_size=args.batch_size,
-            device=device,
-            return_probabilities=args.probabilities or args.instances,
-            return_uncertainty=args.uncertainty,
-            tta=args.tta,
-        )
-        with progress_bar(None, f"[{i}/{len(planned)}] {f.name}", args.quiet) as bar:
-            result = drive(gen, follow(bar))
-        try:
-            write_labels(outputs["labels"], result.labels, overwrite=args.overwrite)
-        except OverwriteError as err:  # another run wrote it since the plan
-            skipped.skip(f, err)
-            continue
-        if args.probabilities:
-            _write_tif(outputs["probabilities"], result.probabilities, args.overwrite)
-        if args.uncertainty:
-            _write_tif(outputs["uncertainty"], result.uncertainty, args.overwrite)
-        line = f"{f} -> {outputs['labels']}"
-        if args.instances:
-            count = write_objects(
-                outputs["objects"],
-                outputs["table"],
-                result.probabilities,
-                model.spec.class_names,
-                args.min_object_size,
-                args.overwrite,
-            )
-            line += f", {count} objects -> {outputs['objects'].name} + {outputs['table'].name}"
-        if not args.quiet or args.instances:  # the object count is a result, not progress
-            print(line)
+    # Refuse before any work if an output exists, two outputs share a file or an output
+    # would replace an input (the writes are create-exclusive as well). Headers only: the
+    # images are read one at a time; a bad one is reported and skipped.
+    skipped = SkippedInputs("predict")
+    planned = plan_batch(files, out_dir, settings, on_skip=skipped.skip)
+    bars: list = []  # the tile bar of the image being segmented
+
+    def _close_bar() -> None:
+        while bars:
+            bars.pop()[0].close()
+
+    def _show(event) -> None:
+        if event.tiles is not None:
+            if not bars:
+                desc = f"[{event.done + 1}/{event.total}] {event.source.name}"
+                bar = progress_bar(None, desc, args.quiet)
+                bars.append((bar, follow(bar)))
+            bars[0][1](event.tiles)
+            return
+        _close_bar()
+        if event.error is not None:
+            skipped.skip(event.source, event.error)
+        elif event.written is not None:
+            outputs = event.written.outputs
+            line = f"{event.source} -> {outputs['labels']}"
+            if args.instances:
+                line += (
+                    f", {event.written.objects} objects -> {outputs['objects'].name} + "
+                    f"{outputs['table'].name}"
+                )
+            if not args.quiet or args.instances:  # the object count is a result, not progress
+                print(line)
+
+    try:
+        drive(iter_predict_files(model, planned, settings), _show)
+    finally:
+        _close_bar()
     return skipped.exit_code(len(files))
 
 
@@ -316,63 +286,3 @@ def run_blockwise(args: argparse.Namespace) -> int:
         resumed = f", {result.skipped} already done" if result.skipped else ""
         print(f"{src} -> {out} ({result.written} block(s) written{resumed})")
     return 0
-
-
-def _write_tif(path: Path, data: np.ndarray, overwrite: bool) -> None:
-    import tifffile
-
-    from ..utils.atomic import atomic_path
-
-    with atomic_path(path, overwrite) as tmp:
-        tifffile.imwrite(tmp, np.asarray(data, np.float32), photometric="minisblack")
-
-
-def write_objects(
-    path: Path,
-    table_path: Path,
-    probabilities: np.ndarray,
-    class_names: list[str],
-    min_size: int,
-    overwrite: bool,
-) -> int:
-    """Objects of ``(..., K, H, W)`` probabilities to a label TIFF and a CSV table; their count.
-
-    Stacks are split plane by plane; ids stay unique over the whole stack and the
-    table names each object's plane.
-    """
-    import csv
-    import io
-
-    import tifffile
-
-    from ..inference.instances import find_instances
-    from ..utils.atomic import atomic_path
-
-    leading = probabilities.shape[:-3]
-    planes = list(np.ndindex(*leading)) if leading else [()]
-    labels = np.zeros((*leading, *probabilities.shape[-2:]), np.int64)
-    index_names = ["slice"] if len(leading) == 1 else [f"slice_{k}" for k in range(len(leading))]
-    rows: list[list] = []
-    offset = 0
-    for idx in planes:
-        found = find_instances(probabilities[idx], class_names, min_size=min_size)
-        plane = found.labels.astype(np.int64)
-        labels[idx] = np.where(plane > 0, plane + offset, 0)
-        feats = found.features
-        for j in range(len(feats["label"])):
-            rows.append(
-                [int(feats["label"][j]) + offset, *idx, int(feats["area"][j]),
-                 round(float(feats["centroid_y"][j]), 3), round(float(feats["centroid_x"][j]), 3)]
-            )  # fmt: skip
-        offset += found.count
-    dtype = np.uint16 if offset < 65536 else np.uint32
-    with atomic_path(path, overwrite) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", photometric="minisblack")
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["label", *(index_names if leading else []), "area", "centroid_y",
-                     "centroid_x"])  # fmt: skip
-    writer.writerows(rows)
-    with atomic_path(table_path, overwrite) as tmp:
-        tmp.write_text(text.getvalue())
-    return offset

@@ -7,6 +7,11 @@ not been visited yet: the camera moves there, a rectangle outlines it, and the
 status says which it is ("region 3 of 16, mean uncertainty 0.41"); correct it
 with the brush, press again for the next one.
 
+**Folder** (folded) segments every image of a folder into label files in an
+output folder, as ``napari-segen predict`` does (``<name>_labels.png``, ``.tif``
+for stacks; existing files are never replaced), with the model, device, tile
+size and test-time augmentation chosen above.
+
 The model's own prediction is kept in the labels layer's metadata (see
 :func:`~napari_segen.widgets._layers.remember_prediction`), so the Train widget
 can weight the pixels the user changed.
@@ -30,18 +35,28 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..data.conventions import DEFAULT_TILE_SIZE
+from ..data.files import list_images
+from ..data.image_io import ImageReadError
 from ..data.layout import spatial_layout
 from ..inference import Prediction, iter_predict
+from ..inference.batch import (
+    BatchProgress,
+    BatchResult,
+    BatchSettings,
+    iter_predict_files,
+    plan_batch,
+)
 from ..inference.instances import Instances, find_instances, instance_features
 from ..inference.uncertainty import Region, next_region, rank_regions
 from ..models import ModelFileError, default_model_path, load_model, read_spec
+from ..utils.atomic import OutputCollisionError
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import canvas_size, viewer_camera, write_labels_layer
-from ._layout import fit_label, make_scrollable
+from ._layout import collapsible, fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -164,6 +179,18 @@ class SegmentWidget(Container):
             "Go to the most uncertain region of the last segmentation not visited yet "
             "(segments first when there is none); correct it, then press again."
         )
+        self.folder_in = FileEdit(label="Images", mode="d")
+        self.folder_in.tooltip = "A folder of images (png, tif, jpg, bmp) to segment, one by one"
+        self.folder_out = FileEdit(label="Write to", mode="d")
+        self.folder_out.tooltip = (
+            "Folder for the label files <name>_labels.png (.tif for stacks), which open as "
+            "Labels layers; existing files are never replaced"
+        )
+        self.folder_button = PushButton(text="Segment folder")
+        self.folder_button.tooltip = (
+            "Segment every image of the folder with the model, device and tile size above "
+            "(as `napari-segen predict`); Cancel stops after the current image"
+        )
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
         self.extend(
@@ -184,15 +211,22 @@ class SegmentWidget(Container):
         )
         options = [self.probabilities, self.tta, self.uncertainty, self.objects]
         self._add_collapsible("Options", options, before=self.run_button)
+        self.folder_section = collapsible(
+            "Folder", [self.folder_in, self.folder_out, self.folder_button]
+        )
+        self._insert_before(self.folder_section, self.cancel_button)
         self._fix_status_size()
         make_scrollable(self)  # docking never grows the window
         self.runner = TaskRunner(
-            [self.run_button, self.next_button], self.cancel_button, self.status
+            [self.run_button, self.next_button, self.folder_button],
+            self.cancel_button,
+            self.status,
         )
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._show_classes)
         self.run_button.changed.connect(self.run)
         self.next_button.changed.connect(self.next_region)
+        self.folder_button.changed.connect(self.segment_folder)
         catalog.changed.connect(self._refresh_models)
         self._show_classes()
 
@@ -206,6 +240,10 @@ class SegmentWidget(Container):
         self.options_section = QCollapsible(title)
         self.options_section.addWidget(inner.native)
         self._options_inner = inner
+        self._insert_before(self.options_section, before)
+
+    def _insert_before(self, section: Any, before: Any) -> None:
+        """Put the Qt widget ``section`` into the form above the sub-widget ``before``."""
         layout = self.native.layout()
         at = next(
             i
@@ -213,7 +251,7 @@ class SegmentWidget(Container):
             if (w := layout.itemAt(i).widget()) is not None
             and (w is before.native or w.isAncestorOf(before.native))
         )
-        layout.insertWidget(at, self.options_section)
+        layout.insertWidget(at, section)
 
     def _fix_status_size(self) -> None:
         """A longer status text must not widen the dock (that re-lays out the window)."""
@@ -273,6 +311,19 @@ class SegmentWidget(Container):
         point = layer.world_to_data(self.viewer.dims.point)
         return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, leading, strict=False))
 
+    def _load_model(self) -> Any:
+        """The chosen model, loaded (None, with an error shown, when it cannot be)."""
+        before = self.status.value
+        try:
+            path = self.model_path()
+            self.status.value = f"loading model {path.name}..."
+            self.status.native.repaint()  # shown now: loading holds the GUI thread a moment
+            return load_model(path)
+        except ModelFileError as err:
+            self.status.value = before
+            show_error(f"Cannot use this model: {err}")
+            return None
+
     def run(self, *_, then: Callable[[], None] | None = None, only_slice: bool = False) -> None:
         """Start segmenting the chosen image (returns at once; the work runs in a thread).
 
@@ -286,15 +337,8 @@ class SegmentWidget(Container):
         if layer is None:
             show_error("Add or select an image layer to segment first.")
             return
-        before = self.status.value
-        try:
-            path = self.model_path()
-            self.status.value = f"loading model {path.name}..."
-            self.status.native.repaint()  # shown now: loading holds the GUI thread a moment
-            model = load_model(path)
-        except ModelFileError as err:
-            self.status.value = before
-            show_error(f"Cannot use this model: {err}")
+        model = self._load_model()
+        if model is None:
             return
         target = None
         if self.output.value != _NEW_LAYER:
@@ -426,6 +470,88 @@ class SegmentWidget(Container):
         if self.runner.cancelled:
             self.status.value = "cancelled; existing layers were left as they were"
 
+    # --- a folder ------------------------------------------------------------
+    def segment_folder(self, *_: Any) -> None:
+        """Segment every image of the input folder into label files in the output folder.
+
+        Returns at once; the images are segmented one by one in a worker (one
+        progress step each). Nothing is started, and the reason is shown once,
+        when a folder is missing or an output file already exists.
+        """
+        if self.runner.running:
+            show_info("A segmentation is already running; wait for it or press Cancel.")
+            return
+        src, dst = _chosen_folder(self.folder_in.value), _chosen_folder(self.folder_out.value)
+        if src is None or not src.is_dir():
+            show_error("Choose the folder of images to segment (Folder > Images).")
+            return
+        if dst is None:
+            show_error("Choose a folder to write the label files to (Folder > Write to).")
+            return
+        try:
+            files = list_images(src)
+        except (ImageReadError, OSError) as err:
+            show_error(f"Cannot list the images of {src}: {_one_line(err)}")
+            return
+        if not files:
+            show_error(f"No image files (png, tif, jpg, bmp) in {src}; choose another folder.")
+            return
+        settings = BatchSettings(
+            tile_size=self.tile_size.value, device=self.device.value, tta=self.tta.value
+        )
+        problems: list[str] = []
+
+        def _skip(path: Path, err: BaseException) -> None:
+            problems.append(f"skipped {path.name}: {_one_line(err)}")
+
+        try:
+            planned = plan_batch(files, dst, settings, on_skip=_skip)
+        except (FileExistsError, OutputCollisionError, OSError) as err:
+            message = _one_line(err).replace(
+                "or allow overwriting (--overwrite)", "or move the existing files away"
+            )
+            self.status.value = f"nothing written: {message}"
+            show_error(f"Cannot segment the folder: {message}")
+            return
+        if not planned:
+            self._report_folder(BatchResult([], []), dst, problems, len(files))
+            return
+        model = self._load_model()
+        if model is None:
+            return
+
+        def _event(event: BatchProgress) -> None:
+            if event.error is not None and event.source is not None:
+                _skip(event.source, event.error)
+
+        self.status.value = f"segmenting {len(planned)} image(s) of {src.name}..."
+        self.runner.start(
+            iter_predict_files,
+            model,
+            planned,
+            settings,
+            description=f"Segmenting folder {src.name}",
+            on_event=_event,
+            on_done=lambda res: self._report_folder(res, dst, problems, len(files)),
+            on_finish=self._folder_finished,
+        )
+
+    def _report_folder(
+        self, result: BatchResult, dst: Path, problems: list[str], total: int
+    ) -> None:
+        """Status: how many label files were written where; one line per problem, once."""
+        done = f"wrote {len(result.written)} of {total} label image(s) to {dst}"
+        if problems:
+            self.status.value = f"{done}; {len(problems)} skipped (see the notification)"
+            show_warning(f"{done}; {len(problems)} skipped:\n" + "\n".join(problems))
+        else:
+            self.status.value = done
+            show_info(f"Segmented the folder: {done}")
+
+    def _folder_finished(self) -> None:
+        if self.runner.cancelled:
+            self.status.value = "cancelled; the label files written so far are complete"
+
     # --- regions to correct ---------------------------------------------------
     def next_region(self, *_: Any) -> Region | None:
         """Show the most uncertain region of the last segmentation not visited yet.
@@ -518,6 +644,20 @@ class SegmentWidget(Container):
             corners, edge_width=width, edge_color="yellow", face_color="transparent"
         )
         shapes.refresh()
+
+
+def _chosen_folder(value: Any) -> Path | None:
+    """A FileEdit's folder, or None when none was chosen (it then reads ``.`` or nothing)."""
+    text = str(value or "").strip()
+    return None if text in ("", ".") else Path(text).expanduser()
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line of text, whatever its message held."""
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        return f"{where}{err.strerror}"
+    return " ".join((str(err).strip() or type(err).__name__).split())
 
 
 def _placement(image_layer: Any, ndim: int) -> dict[str, Any]:

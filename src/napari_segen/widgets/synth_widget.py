@@ -43,6 +43,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
+from ..data.conventions import SYNTHETIC_MIXING_NOTE
 from ..data.sources import DENSE
 from ..models import default_generator_path
 from ..synthesis.trainer import PRESETS
@@ -590,8 +591,9 @@ class SynthesizeWidget(Container):
     def _on_exported(self, result: Any) -> None:
         self.last_export = result
         self.status.value = (
-            f"wrote {result.count} pairs to {result.out_dir} (images/, masks/); "
-            "train on them with the Train widget or 'napari-segen train'"
+            f"wrote {result.count} pairs to {result.out_dir} (images/, masks/). Note: "
+            f"{SYNTHETIC_MIXING_NOTE}. To try them: napari-segen train ... --synthetic-images "
+            "<folder>/images --synthetic-masks <folder>/masks --synthetic-share 0.33"
         )
 
     def score(self, *_: Any) -> None:

@@ -201,6 +201,9 @@ class TrainWidget(Container):
         self.mode = ComboBox(
             label="Annotation", choices=[MODE_DENSE, MODE_SPARSE], value=MODE_DENSE
         )
+        # Which label value paints which class, in the chosen layer's colours (rich text).
+        self.legend = fit_label(Label(label="Classes", value=""), selectable=False)
+        self.legend.native.setTextFormat(Qt.TextFormat.RichText)
         self.masks_are = ComboBox(
             label="Masks are",
             choices=list(MASKS_ARE),
@@ -236,7 +239,7 @@ class TrainWidget(Container):
         self.status = Label(value="")
         self.extend(
             [
-                self.image_layer, self.labels_layer, self.mode, self.use_folders,
+                self.image_layer, self.labels_layer, self.mode, self.legend, self.use_folders,
                 self.images_dir, self.masks_dir, self.start_model, self.start_file,
                 self.epochs, self.max_minutes, self.device,
                 self.out_path, self.overwrite, self.start_button, self.cancel_button,
@@ -263,7 +266,12 @@ class TrainWidget(Container):
         self.image_layer.changed.connect(self._on_image_changed)
         self.out_path.changed.connect(self._on_out_edited)
         catalog.changed.connect(self._on_catalog_changed)
+        self._legend_layer: Any = None
+        for w in (self.class_names, self.mode, self.start_model, self.start_file):
+            w.changed.connect(self.update_legend)
+        self.labels_layer.changed.connect(self._follow_labels_colors)
         self._on_image_changed(self.image_layer.value)
+        self._follow_labels_colors(self.labels_layer.value)
 
     # --- choices -------------------------------------------------------------
     def _image_choices(self, _=None) -> list:
@@ -283,6 +291,7 @@ class TrainWidget(Container):
         # The catalogue outlives this widget: once its Qt side is gone, stop listening.
         try:
             self.start_model.reset_choices()
+            self.update_legend()
         except RuntimeError:
             catalog.changed.disconnect(self._on_catalog_changed)
 
@@ -331,6 +340,80 @@ class TrainWidget(Container):
         if choice == DEFAULT_CHOICE:
             return DEFAULT_START
         return catalog.path_for(choice)
+
+    # --- the class legend ----------------------------------------------------
+    def _follow_labels_colors(self, layer: Any = None) -> None:
+        """Show the legend in the colours of ``layer`` (the chosen Labels), and follow them."""
+        old = self._legend_layer
+        if old is not None and old is not layer:
+            old.events.colormap.disconnect(self.update_legend)
+        if layer is not None and layer is not old:
+            layer.events.colormap.connect(self.update_legend)
+        self._legend_layer = layer
+        self.update_legend()
+
+    def _start_spec(self) -> Any:
+        """The start model's description (None: a new model, or no readable file chosen)."""
+        from ..models import default_model_path, read_spec
+
+        try:
+            start = self.start_choice()
+            if isinstance(start, NewModel):
+                return None
+            path = default_model_path() if str(start) == DEFAULT_START else start
+            return read_spec(Path(str(path)))
+        except (ModelFileError, OSError, KeyError, ValueError):
+            return None
+
+    def legend_classes(self) -> list[str]:
+        """The class names training will use: typed ones, else the (dense) layer's, else the
+        start model's; empty when none is known (a new model without names)."""
+        try:
+            typed = _parse_class_names(str(self.class_names.value))
+        except ValueError:
+            typed = None
+        if typed:
+            return typed
+        layer = self.labels_layer.value
+        if self.mode.value == MODE_DENSE and layer is not None:
+            names = layer.metadata.get("class_names")
+            if names:
+                return [str(n) for n in names]
+        spec = self._start_spec()
+        return list(spec.class_names) if spec is not None else []
+
+    def update_legend(self, *_: Any) -> None:
+        """Rewrite the legend: a colour square, the label value and the class name per class."""
+        import html
+
+        try:
+            names = self.legend_classes()
+        except RuntimeError:  # the widget's Qt side is gone
+            return
+        if not names:
+            self.legend.value = "type the class names under Advanced settings"
+            return
+        sparse = self.mode.value == MODE_SPARSE
+        layer = self.labels_layer.value
+        spec = self._start_spec() if layer is None else None
+        entries, plain = [], []
+        for i, name in enumerate(names):
+            value = i + 1 if sparse else i
+            color = _label_color(layer, value, spec, i)
+            swatch = (
+                f'<span style="color:{color}">&#9632;</span>' if color else "&#9633;"
+            )  # a filled square, or a hollow one where the value paints nothing visible
+            text = html.escape(name).replace(" ", "&nbsp;")
+            entries.append(f"{swatch}&nbsp;{value}&nbsp;{text}")
+            plain.append(f"{value} = {name}")
+        note = "0 = not annotated" if sparse else ""
+        if note:
+            entries.append(f"<i>({note})</i>")
+            plain.append(note)
+        self.legend.value = " &nbsp;".join(entries)
+        self.legend.native.setToolTip(
+            "Label value painted = class: " + "; ".join(plain)
+        )  # plain text: which value paints which class
 
     def _fix_status_size(self) -> None:
         """Changing status text must not re-layout the window (that re-renders the canvas).
@@ -1039,6 +1122,24 @@ def predict_preview(model: Any, preview: LivePreview, step: int) -> Preview | No
         snapshot, plane, rgb=preview.rgb, tile_size=preview.tile_size, device=device
     ).labels
     return Preview(labels, tuple(index), y0, x0, step, model.spec)
+
+
+def _label_color(layer: Any, value: int, spec: Any, index: int) -> str | None:
+    """``#rrggbb`` that label ``value`` is drawn in: ``layer``'s colour, or without a layer the
+    model's colour of class ``index``; None where it is transparent or unknown."""
+    rgba = None
+    if layer is not None:
+        try:
+            rgba = layer.get_color(value)
+        except (AttributeError, IndexError, KeyError, ValueError):
+            rgba = None
+    elif spec is not None and index < len(spec.class_colors) and spec.class_colors[index]:
+        from napari.utils.colormaps.standardize_color import transform_color
+
+        rgba = transform_color(spec.class_colors[index])[0]
+    if rgba is None or float(rgba[3]) == 0:
+        return None
+    return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
 
 
 def _parse_class_names(text: str) -> list[str] | None:
