@@ -411,3 +411,149 @@ def test_segment_folder_needs_both_folders(widget, tmp_path):
     before = len(notification_manager.records)
     w.segment_folder()
     assert w.runner.worker is None and _notes(before, "Folder > Images")
+
+
+# --- only the visible region ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_image():
+    """A smooth 1024x1024 uint8 image (the tiny untrained model labels about half of it)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(100, 40, (1024, 1024)).clip(0, 255).astype(np.uint8)
+    return ndi.gaussian_filter(noisy, 3)
+
+
+@pytest.fixture(scope="module")
+def big_expected(big_image, tiny_unet, one_thread):
+    """``predict`` of the whole image, as the widget's settings (tile 64) give it."""
+    from napari_segen.inference import predict
+
+    return predict(tiny_unet, big_image, tile_size=64).labels
+
+
+def _look_at(viewer, y0, y1, x0, x1):
+    """Centre the camera on the box and zoom so that it fills the canvas's narrower side."""
+    from napari_segen.widgets._layers import canvas_size, viewer_camera
+
+    camera = viewer_camera(viewer)
+    camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+    ch, cw = canvas_size(viewer)
+    camera.zoom = min(ch / (y1 - y0), cw / (x1 - x0))
+
+
+def _region_box(viewer, layer, want):
+    from napari_segen.widgets._layers import visible_box
+
+    index, *box = visible_box(viewer, layer)
+    y0, y1, x0, x1 = box
+    assert index == ()
+    # the view holds the asked-for region (clipped to the image), and not the whole image
+    assert y0 <= max(want[0], 0) and y1 >= min(want[1], 1024)
+    assert x0 <= max(want[2], 0) and x1 >= min(want[3], 1024)
+    assert 0 <= y0 < y1 <= 1024 and 0 <= x0 < x1 <= 1024 and (y1 - y0) * (x1 - x0) < 1024**2 / 4
+    return tuple(box)
+
+
+def test_only_the_visible_region_is_segmented_and_regions_add_up(
+    qtbot, widget, big_image, big_expected
+):
+    from napari_segen.widgets._layers import (
+        PREDICTED_KEY,
+        PREDICTED_REGION_KEY,
+        PREDICTION_KEY,
+    )
+
+    viewer, w = widget
+    layer = viewer.add_image(big_image, name="big")
+    w.image.value = layer
+    w.visible_region.value = True
+    _look_at(viewer, 400, 600, 300, 600)  # a 200x300 region
+    first = _region_box(viewer, layer, (400, 600, 300, 600))
+    _run_and_wait(qtbot, w, timeout=120_000)
+    out = viewer.layers["big labels"]
+    assert out.data.shape == big_image.shape
+    written = np.zeros(big_image.shape, bool)
+    y0, y1, x0, x1 = first
+    written[y0:y1, x0:x1] = True
+    # inside the box: the whole-image labels, right up to the box border (margin 0)
+    np.testing.assert_array_equal(out.data[written], big_expected[written])
+    assert not out.data[~written].any()  # the rest untouched
+    assert big_expected[written].any() and not big_expected[written].all()
+    assert w.status.value.startswith("done: big labels [")
+    # the prediction is kept for the box only; the image is not marked as segmented whole
+    np.testing.assert_array_equal(out.metadata[PREDICTION_KEY], out.data)
+    np.testing.assert_array_equal(out.metadata[PREDICTED_REGION_KEY], written)
+    assert not out.metadata[PREDICTED_KEY]
+
+    # pan to a corner (the view runs past the image: the box is clipped) and add a region
+    _look_at(viewer, 900, 1100, 850, 1150)
+    second = _region_box(viewer, layer, (900, 1100, 850, 1150))
+    assert second[1] == 1024 and second[3] == 1024
+    _run_and_wait(qtbot, w, timeout=120_000)
+    assert viewer.layers["big labels"] is out
+    y0, y1, x0, x1 = second
+    written[y0:y1, x0:x1] = True
+    np.testing.assert_array_equal(out.data[written], big_expected[written])  # both regions
+    assert not out.data[~written].any()
+    np.testing.assert_array_equal(out.metadata[PREDICTED_REGION_KEY], written)
+
+
+def test_visible_region_leaves_the_rest_of_a_chosen_layer_as_it_was(
+    qtbot, widget, big_image, big_expected
+):
+    viewer, w = widget
+    layer = viewer.add_image(big_image, name="big")
+    mine = viewer.add_labels(np.full(big_image.shape, 3, np.uint8), name="mine")
+    w.image.value = layer
+    w.output.value = "mine"
+    w.visible_region.value = True
+    _look_at(viewer, 100, 300, 500, 800)
+    y0, y1, x0, x1 = _region_box(viewer, layer, (100, 300, 500, 800))
+    _run_and_wait(qtbot, w, timeout=120_000)
+    inside = np.zeros(big_image.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    np.testing.assert_array_equal(mine.data[inside], big_expected[inside])
+    assert (mine.data[~inside] == 3).all()
+    mine.undo()  # one undoable step restores the user's labels
+    assert (mine.data == 3).all()
+
+
+def test_visible_region_of_a_multiscale_image_reads_level_0(qtbot, widget, big_image):
+    viewer, w = widget
+    layer = viewer.add_image([big_image, big_image[::4, ::4]], name="pyramid", multiscale=True)
+    w.image.value = layer
+    w.visible_region.value = True
+    _look_at(viewer, 400, 600, 300, 600)
+    y0, y1, x0, x1 = _region_box(viewer, layer, (400, 600, 300, 600))
+    _run_and_wait(qtbot, w, timeout=120_000)
+    out = viewer.layers["pyramid labels"]
+    assert out.data.shape == big_image.shape  # level 0's
+    inside = np.zeros(big_image.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert out.data[inside].any() and not out.data[~inside].any()
+
+
+def test_visible_region_of_a_stack_is_in_the_displayed_slice(
+    qtbot, widget, big_image, tiny_unet, one_thread
+):
+    from napari_segen.inference import predict
+    from napari_segen.widgets._layers import visible_box
+
+    viewer, w = widget
+    stack = np.stack([big_image[:512, :512], big_image[512:, 512:], big_image[:512, 512:]])
+    layer = viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    w.image.value = layer
+    w.visible_region.value = True
+    _look_at(viewer, 100, 250, 200, 400)
+    index, y0, y1, x0, x1 = visible_box(viewer, layer)
+    assert index == (2,) and (y1 - y0) * (x1 - x0) < 512**2 / 2
+    _run_and_wait(qtbot, w, timeout=120_000)
+    out = viewer.layers["stack labels"]
+    expected = predict(tiny_unet, stack[2], tile_size=64).labels
+    np.testing.assert_array_equal(out.data[2, y0:y1, x0:x1], expected[y0:y1, x0:x1])
+    out.data[2, y0:y1, x0:x1] = 0
+    assert not out.data.any()  # nothing else was written

@@ -7,6 +7,16 @@ not been visited yet: the camera moves there, a rectangle outlines it, and the
 status says which it is ("region 3 of 16, mean uncertainty 0.41"); correct it
 with the brush, press again for the next one.
 
+**Only the visible region** (under "Options") is a quick look at a huge image:
+only the part of the image in view (the displayed slice of a stack; level 0 of
+a multiscale image, at most :data:`MAX_REGION_SIDE` pixels a side) is
+segmented and written into the labels layer at its place; the rest of the layer
+is left as it was, so regions can be segmented one by one while looking around.
+The box is widened to the whole image's tiles that reach into it and normalised
+with the whole plane's statistics (of the coarsest level for a multiscale
+image), so its labels are the ones a whole-image run gives (see
+:func:`region_crop`).
+
 **Folder** (folded) segments every image of a folder into label files in an
 output folder, as ``napari-segen predict`` does (``<name>_labels.png``, ``.tif``
 for stacks; existing files are never replaced), with the model, device, tile
@@ -20,7 +30,7 @@ can weight the pixels the user changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +51,7 @@ from ..data.conventions import DEFAULT_TILE_SIZE
 from ..data.files import list_images
 from ..data.image_io import ImageReadError
 from ..data.layout import spatial_layout
+from ..data.normalize import normalize_image, to_channels_first
 from ..inference import Prediction, iter_predict
 from ..inference.batch import (
     BatchProgress,
@@ -49,13 +60,17 @@ from ..inference.batch import (
     iter_predict_files,
     plan_batch,
 )
+from ..inference.blockwise import plane_stats
 from ..inference.instances import Instances, find_instances, instance_features
+from ..inference.predict import size_multiple
+from ..inference.sliding_window import plan_window
 from ..inference.uncertainty import Region, next_region, rank_regions
 from ..models import ModelFileError, default_model_path, load_model, read_spec
+from ..models.model_file import LoadedModel
 from ..utils.atomic import OutputCollisionError
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
-from ._layers import canvas_size, viewer_camera, write_labels_layer
+from ._layers import canvas_size, viewer_camera, visible_box, write_labels_layer
 from ._layout import collapsible, fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
@@ -70,6 +85,8 @@ _NEW_LAYER = "new layer (<image> labels)"
 REGION_SIZE = 128
 #: Share of the canvas a region fills after the camera moves to it.
 REGION_FILL = 0.8
+#: "Only the visible region" of a multiscale image: the largest side (level-0 pixels).
+MAX_REGION_SIDE = 4096
 
 
 @dataclass
@@ -100,6 +117,82 @@ def segment_job(
         yield Progress(0, 0, "finding objects")
         found = stack_instances(prediction.probabilities, model.spec.class_names)
     return Segmentation(prediction, found)
+
+
+def region_crop(
+    model: Any, shape: tuple[int, int], box: tuple[int, int, int, int], tile_size: int | None
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` to read and segment so that ``box`` gets whole-image labels.
+
+    The crop runs from the first tile of the whole ``shape``'s sliding-window
+    layout that reaches into the box to the end of the last one (clipped to the
+    image): at least the tile overlap (more than twice the halo) around the box
+    where the image goes on. The crop's own layout is then the whole image's
+    tiles over it, and every pixel of the box gets the very tiles and blending
+    weights of a whole-image run; the crop edges' halo-cut tile borders lie
+    outside the box. With the same normalisation statistics the box's labels
+    equal :func:`~napari_segen.inference.predict` of the whole image (probabilities
+    up to float rounding), right up to the box border.
+    """
+    layout, _ = plan_window(shape, tile_size, None, None, size_multiple(model))
+    th, tw = layout.tile
+    out = []
+    for (lo, hi), starts, tile, size in (
+        (box[:2], layout.starts_y, th, shape[0]),
+        (box[2:], layout.starts_x, tw, shape[1]),
+    ):
+        first = next(s for s in starts if s + tile > lo)
+        last = max(s for s in starts if s < hi)
+        out += [first, min(last + tile, size)]
+    return tuple(out)
+
+
+class _PlaneView:
+    """Slice ``index`` of an array-like, read only where indexed (``zarr[()]`` reads all)."""
+
+    def __init__(self, array: Any, index: tuple[int, ...]) -> None:
+        self.array, self.index = array, index
+        self.shape = tuple(array.shape[len(index) :])
+        self.dtype = array.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[(*self.index, *(key if isinstance(key, tuple) else (key,)))]
+
+
+def region_job(
+    model: Any,
+    plane: Any,
+    box: tuple[int, int, int, int],
+    crop: tuple[int, int, int, int],
+    *,
+    rgb: bool,
+    stats_plane: Any,
+    **predict_options: Any,
+) -> Generator[Progress, None, Segmentation]:
+    """Segment ``box`` of ``plane`` (a lazy 2D image) in a worker thread, yielding progress.
+
+    Normalisation statistics come from ``stats_plane`` (the whole plane, or a
+    coarser level of it), read block by block; then only ``crop`` (see
+    :func:`region_crop`) is read, normalised with them and segmented by
+    :func:`iter_predict`; the result is the box's part.
+    """
+    spec = model.spec
+    stats = yield from plane_stats(stats_plane, model, rgb)
+    cy0, cy1, cx0, cx1 = crop
+    raw = np.asarray(plane[cy0:cy1, cx0:cx1])
+    chw = normalize_image(
+        to_channels_first(raw, spec.in_channels, rgb=rgb),
+        spec.normalization,
+        source_dtype=raw.dtype,
+        stats=stats,
+    )
+    ready = chw[0] if chw.shape[0] == 1 else np.moveaxis(chw, 0, -1)
+    as_is = LoadedModel(model.module, replace(spec, normalization={"mode": "none"}), model.path)
+    pred = yield from iter_predict(as_is, ready, rgb=chw.shape[0] > 1, **predict_options)
+    y0, y1, x0, x1 = box
+    inner = (slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
+    unsure = None if pred.uncertainty is None else pred.uncertainty[inner]
+    return Segmentation(Prediction(labels=pred.labels[inner], uncertainty=unsure))
 
 
 def stack_instances(probabilities: np.ndarray, class_names: list[str]) -> Instances:
@@ -168,6 +261,14 @@ class SegmentWidget(Container):
             "An image layer '<image> uncertainty': the entropy of the class probabilities "
             "(0 = sure, 1 = no idea); bright where the model is likely wrong."
         )
+        self.visible_region = CheckBox(text="Only the visible region")
+        self.visible_region.tooltip = (
+            "A quick look at a huge image: segment only the part in view (the displayed "
+            "slice of a stack; at most 4096 px a side of a multiscale image) and write it into "
+            "the labels layer there, leaving the rest as it is; pan and press Segment again "
+            "for more. Its labels are those of a whole-image run. Probabilities, uncertainty "
+            "and objects are not made for a region."
+        )
         self.objects = CheckBox(text="Also add objects")
         self.objects.tooltip = (
             "A Labels layer '<image> objects' with one id per object (watershed on the "
@@ -209,7 +310,13 @@ class SegmentWidget(Container):
                 self.status,
             ]
         )
-        options = [self.probabilities, self.tta, self.uncertainty, self.objects]
+        options = [
+            self.visible_region,
+            self.probabilities,
+            self.tta,
+            self.uncertainty,
+            self.objects,
+        ]
         self._add_collapsible("Options", options, before=self.run_button)
         self.folder_section = collapsible(
             "Folder", [self.folder_in, self.folder_out, self.folder_button]
@@ -343,6 +450,9 @@ class SegmentWidget(Container):
         target = None
         if self.output.value != _NEW_LAYER:
             target = self.viewer.layers[self.output.value]
+        if self.visible_region.value and then is None:
+            self._run_region(layer, model, target)
+            return
         data, index = layer.data, ()
         leading, _ = spatial_layout(tuple(layer.data.shape), layer.rgb)
         if (self.current_slice.value or only_slice) and leading:
@@ -371,6 +481,74 @@ class SegmentWidget(Container):
             ),
             on_finish=self._finished,
         )
+
+    def _run_region(self, layer: Any, model: Any, target: Any) -> None:
+        """Start segmenting the visible region of ``layer`` (see the module's docstring)."""
+        index, y0, y1, x0, x1 = visible_box(self.viewer, layer)
+        if y1 <= y0 or x1 <= x0:
+            show_error(f"No part of {layer.name} is in view: pan or zoom to it first.")
+            return
+        if layer.multiscale and max(y1 - y0, x1 - x0) > MAX_REGION_SIDE:
+            show_error(
+                f"The visible region of {layer.name} is {y1 - y0}x{x1 - x0} pixels, more than "
+                f"{MAX_REGION_SIDE} a side: zoom in, or untick 'Only the visible region'."
+            )
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        leading, _ = spatial_layout(tuple(data.shape), layer.rgb)
+        full_shape = tuple(data.shape[: len(leading) + 2])
+        plane = _PlaneView(data, index)
+        stats_plane = plane
+        if layer.multiscale:  # the coarsest level's statistics: a cheap, close estimate
+            coarse = layer.data[-1]
+            at = tuple(
+                min(round(i * c / n), c - 1)
+                for i, c, n in zip(index, coarse.shape, leading, strict=False)
+            )
+            stats_plane = _PlaneView(coarse, at)
+        box = (y0, y1, x0, x1)
+        crop = region_crop(model, full_shape[-2:], box, self.tile_size.value)
+        where = f" slice {index}" if index else ""
+        self.status.value = f"segmenting {layer.name}{where} [{y0}:{y1}, {x0}:{x1}]..."
+        self.runner.start(
+            region_job,
+            model,
+            plane,
+            box,
+            crop,
+            rgb=bool(layer.rgb),
+            stats_plane=stats_plane,
+            tile_size=self.tile_size.value,
+            device=self.device.value,
+            tta=self.tta.value,
+            description=f"Segmenting the visible region of {layer.name}",
+            on_done=lambda res: self._add_region(layer, model, target, res, index, full_shape, box),
+            on_finish=self._finished,
+        )
+
+    def _add_region(self, image_layer, model, target, result, index, full_shape, box) -> None:
+        """Write the region's labels into the labels layer at ``box`` (the rest as it was)."""
+        try:
+            out = write_labels_layer(
+                self.viewer,
+                image_layer,
+                result.prediction.labels,
+                model.spec,
+                target,
+                index,
+                full_shape,
+                box=box,
+            )
+        except ValueError as err:
+            show_error(str(err))
+            return
+        y0, y1, x0, x1 = box
+        self.status.value = f"done: {out.name} [{y0}:{y1}, {x0}:{x1}]"
+        show_info(
+            f"Segmented the visible region [{y0}:{y1}, {x0}:{x1}] of {image_layer.name} "
+            f"into {out.name!r} with {model.name}"
+        )
+        self.viewer.layers.selection.active = out
 
     def _add_result(
         self,

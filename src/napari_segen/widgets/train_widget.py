@@ -49,7 +49,6 @@ from ..data.corrections import (
     correction_pairs,
     with_replay,
 )
-from ..data.layout import spatial_layout
 from ..data.sources import DENSE, SPARSE
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
@@ -69,9 +68,9 @@ from ..utils.generators import Progress
 from ._layers import (
     PREDICTED_KEY,
     PREDICTION_KEY,
-    canvas_size,
     preferred_labels,
     viewer_camera,
+    visible_box,
 )
 from ._layout import collapsible, fit_label, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
@@ -729,37 +728,12 @@ class TrainWidget(Container):
         Small images (up to ``PREVIEW_WHOLE``^2) whole; larger ones the part in view,
         at most ``PREVIEW_MAX_SIDE`` a side around the view's centre.
         """
-        layer = self._preview_source
-        data = layer.data[0] if layer.multiscale else layer.data
-        leading, _ = spatial_layout(tuple(data.shape), layer.rgb)
-        h, w = data.shape[len(leading) : len(leading) + 2]
-        point = list(self.viewer.dims.point)
-        index = ()
-        if leading:
-            at = layer.world_to_data(point)
-            index = tuple(
-                int(np.clip(round(p), 0, n - 1)) for p, n in zip(at, leading, strict=False)
-            )
-        if h * w <= PREVIEW_WHOLE**2:
-            return (index, 0, h, 0, w)
-        camera = viewer_camera(self.viewer)
-        ch, cw = canvas_size(self.viewer)
-        displayed = list(self.viewer.dims.displayed)[-2:]
-        center = list(camera.center)[-2:]
-        corners = []
-        for dy, dx in ((-1, -1), (1, 1)):
-            p = list(point)
-            p[displayed[0]] = center[0] + dy * ch / camera.zoom / 2
-            p[displayed[1]] = center[1] + dx * cw / camera.zoom / 2
-            corners.append(layer.world_to_data(p)[-2:])
-        (ya, xa), (yb, xb) = corners
-        y0, y1 = sorted((ya, yb))
-        x0, x1 = sorted((xa, xb))
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        half = PREVIEW_MAX_SIDE / 2
-        y0, y1 = max(y0, cy - half, 0), min(y1, cy + half, h)
-        x0, x1 = max(x0, cx - half, 0), min(x1, cx + half, w)
-        return (index, int(y0), int(np.ceil(y1)), int(x0), int(np.ceil(x1)))
+        return visible_box(
+            self.viewer,
+            self._preview_source,
+            whole_below=PREVIEW_WHOLE**2,
+            max_side=PREVIEW_MAX_SIDE,
+        )
 
     def _update_preview_view(self, *_: Any) -> None:
         # GUI thread, on camera and slice changes: cheap arithmetic only.
