@@ -32,24 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _settings import parse_settings  # benchmarks/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO / "sample_data" / "isbi2012"
 VALUE_MAP = {0: 1, 255: 0}  # ISBI masks: membrane = 0 (black) -> class 1
 CLASSES = ["cell interior", "membrane"]
-
-
-def parse_settings(items: list[str]) -> dict:
-    """``["fm_weight=0", "upsample=resize"]`` -> ``{"fm_weight": 0, "upsample": "resize"}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--gan-set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def log_steps(every: int, label: str):
@@ -104,7 +92,9 @@ def train_generator(preset: str, real, out: Path, args) -> tuple:
         sample_every=300, checkpoint_every=0, time_limit_s=args.gan_time_limit,
         evaluate=False,
     )  # fmt: skip
-    cfg = SynthConfig.from_preset(preset, **{**settings, **parse_settings(args.gan_set)})
+    cfg = SynthConfig.from_preset(
+        preset, **{**settings, **parse_settings(args.gan_set, "--gan-set")}
+    )
     print(f"training {preset} on {[p.name for p in real]}: {cfg}", file=sys.stderr)
     t0 = time.monotonic()
     res = drive(

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _settings import parse_settings  # benchmarks/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO / "sample_data" / "isbi2012"
 VALUE_MAP = {0: 1, 255: 0}  # ISBI masks: membrane = 0 (black) -> class 1
@@ -109,20 +111,6 @@ def montage(masks, columns, path: Path, size: int = 256) -> None:
         rows.append(np.full((4, row.shape[1]), 255, np.uint8))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
-
-
-def parse_settings(items: list[str]) -> dict:
-    """``["fm_weight=0", "upsample=resize"]`` -> ``{"fm_weight": 0, "upsample": "resize"}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def main(argv=None) -> int:
