@@ -116,6 +116,19 @@ def choose_by_uncertainty(ranked, budget: int, per_image: int) -> list[tuple[int
     return chosen
 
 
+def choose_round_robin(ranked, budget: int) -> list[tuple[int, int, int]]:
+    """The most uncertain tile of each image in turn (images by their best tile), then the
+    second of each, ...: the budget spread over every image, the worst regions first."""
+    per_image: dict[int, list[tuple[int, int, int]]] = {}
+    for _, i, y, x in ranked:  # ranked is sorted, so each list is too
+        per_image.setdefault(i, []).append((i, y, x))
+    chosen, depth = [], 0
+    while len(chosen) < budget and any(depth < len(v) for v in per_image.values()):
+        chosen += [v[depth] for v in per_image.values() if depth < len(v)]
+        depth += 1
+    return chosen[:budget]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget", type=int, default=8, help="tiles the annotator corrects")
@@ -136,6 +149,20 @@ def main() -> None:
         choices=UNTOUCHED_MODES,
         default="ignore",
         help="pixels outside the reviewed tiles",
+    )
+    ap.add_argument(
+        "--select",
+        choices=("top", "round-robin"),
+        default="top",
+        help="uncertainty arm: the top tiles (at most --per-image from one image), or each "
+        "image's best tile in turn",
+    )
+    ap.add_argument(
+        "--rank",
+        choices=("entropy", "entropy+prior"),
+        default="entropy",
+        help="tile score: mean TTA entropy, or plus the distance of the tile's predicted "
+        "membrane share from the training data's",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
@@ -183,13 +210,24 @@ def main() -> None:
         f"one pass {np.mean(auroc_one):.3f}"
     )
 
+    # the class balance the model was trained on (membrane share of the old masks)
+    prior = float(np.mean([(p.mask == 1).mean() for p in base_pairs]))
     ranked, predictions = [], []
     for i, p in enumerate(pool):
         probs = tta_probabilities(base, p.image)
         predictions.append(probs.argmax(0).astype(np.uint8))
-        ranked += [(r.score, i, r.y, r.x) for r in rank_regions(entropy_map(probs), TILE)]
+        for r in rank_regions(entropy_map(probs), TILE):
+            score = r.score
+            if args.rank == "entropy+prior":
+                # confident mistakes: the tile's predicted membrane share far from the
+                # training data's
+                score += abs(float(probs[1, r.y : r.y + TILE, r.x : r.x + TILE].mean()) - prior)
+            ranked.append((score, i, r.y, r.x))
     ranked.sort(key=lambda t: -t[0])
-    chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
+    if args.select == "round-robin":
+        chosen_unc = choose_round_robin(ranked, args.budget)
+    else:
+        chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
 
     def describe_tiles(label: str, tiles: list[tuple[int, int, int]]) -> None:
         """What the annotator fixes in ``tiles``: wrong pixels, and which kind of mistake."""
