@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_segen.data.conventions import DEFAULT_TILE_SIZE
+
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO / "sample_data" / "isbi2012"
 
@@ -107,7 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
     parser.add_argument("--block-size", type=int, default=2048)
-    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument(
+        "--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="tile edge (default: predict's)"
+    )
     parser.add_argument("--width", type=int, default=8, help="U-Net base width (default: 8)")
     parser.add_argument("--workdir", default=None, help="where inputs and outputs go (temp)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
