@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.conventions import SYNTHETIC_MIXING_NOTE
 from ..utils.generators import drive
 from ..utils.jsonsafe import json_safe
 from ._common import (
@@ -22,6 +23,7 @@ from ._common import (
     follow,
     load_source_pairs,
     progress_bar,
+    resolve_model_path,
     sources_from_args,
     validation_sources,
 )
@@ -331,16 +333,9 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
 def _load_generator(path: str):
     """The generator in ``path`` ('default': the bundled ISBI one), on the CPU: the core
     moves it to the device it runs on."""
-    from ..models import default_generator_path
     from ..synthesis.generate import load_generator
 
-    if path == "default":
-        path = str(default_generator_path())
-        if not Path(path).is_file():
-            raise UserError(f"the bundled generator is missing ({path}); reinstall napari-segen")
-    if not Path(path).is_file():
-        raise UserError(f"generator model file not found: {path}")
-    return load_generator(path)
+    return load_generator(resolve_model_path(path, generator=True))
 
 
 def _read_masks(items: list[str], mask_map: str | None):
@@ -572,7 +567,7 @@ def run_export(args: argparse.Namespace) -> int:
         f"wrote {summary['pairs']} pairs; mix them into a training run with: napari-segen "
         f"train ... --synthetic-images {result.images_dir} --synthetic-masks "
         f"{result.masks_dir} --synthetic-share 0.2 (a cap on their share of the crops; check "
-        "held-out Dice with and without them: in the measured benchmark they lowered it)",
+        f"held-out Dice with and without them). Note: {SYNTHETIC_MIXING_NOTE}",
         file=sys.stderr,
     )
     print(json.dumps(summary))
@@ -585,7 +580,6 @@ def _filter_setup(args: argparse.Namespace):
         return None
     from ..models.model_file import ModelFileError, load_model
     from ..utils.atomic import plan_outputs
-    from ._common import resolve_model_path
 
     if not 0 <= args.min_dice <= 1:
         raise UserError(f"--min-dice is a Dice score between 0 and 1, got {args.min_dice}")

@@ -18,20 +18,21 @@ DEFAULT_MODEL_NAME = "isbi-membrane-unet"
 DEFAULT_GENERATOR_NAME = "isbi-membrane-generator"
 
 
-def default_model_path():
-    """Path of the bundled default model (a U-Net trained on ISBI 2012 membranes)."""
+def _bundled(name: str):
     from importlib.resources import files
 
-    return files("napari_segen.models").joinpath("default", f"{DEFAULT_MODEL_NAME}.safetensors")
+    return files("napari_segen.models").joinpath("default", f"{name}.safetensors")
+
+
+def default_model_path():
+    """Path of the bundled default model (a U-Net trained on ISBI 2012 membranes)."""
+    return _bundled(DEFAULT_MODEL_NAME)
 
 
 def default_generator_path():
     """Path of the bundled default generator (the texture pix2pix trained on the ISBI sample:
     label map with 0 = cell interior, 1 = membrane in, EM image out)."""
-    from importlib.resources import files
-
-    name = f"{DEFAULT_GENERATOR_NAME}.safetensors"
-    return files("napari_segen.models").joinpath("default", name)
+    return _bundled(DEFAULT_GENERATOR_NAME)
 
 
 __all__ = [
