@@ -138,20 +138,27 @@ def model_fingerprint(model: LoadedModel) -> str:
 # ---------------------------------------------------------------- block geometry
 
 
-def _axis_blocks(size: int, starts: tuple[int, ...], tile: int, block: int):
-    """Per output block along one axis: ``(out_lo, out_hi, crop_lo, crop_hi)``.
+def _tile_aligned_span(
+    lo: int, hi: int, starts: tuple[int, ...], tile: int, size: int
+) -> tuple[int, int]:
+    """The crop ``(crop_lo, crop_hi)`` that gives pixels ``lo:hi`` of one axis whole-image output.
 
-    The crop runs from the first whole-image tile reaching into the block to the
+    The crop runs from the first whole-image tile reaching into ``lo:hi`` to the
     end of the last one (clipped to the image), so its own sliding-window layout
     is the whole image's tiles over it; the tiles' halo-cut borders at the crop
-    edges lie outside the block (the blending weights cover every pixel).
+    edges lie outside ``lo:hi`` (the blending weights cover every pixel).
     """
+    first = next(s for s in starts if s + tile > lo)
+    last = max(s for s in starts if s < hi)
+    return first, min(last + tile, size)
+
+
+def _axis_blocks(size: int, starts: tuple[int, ...], tile: int, block: int):
+    """Per output block along one axis: ``(out_lo, out_hi, crop_lo, crop_hi)``."""
     out = []
     for lo in range(0, size, block):
         hi = min(lo + block, size)
-        first = next(i for i, s in enumerate(starts) if s + tile > lo)
-        last = max(i for i, s in enumerate(starts) if s < hi)
-        out.append((lo, hi, starts[first], min(starts[last] + tile, size)))
+        out.append((lo, hi, *_tile_aligned_span(lo, hi, starts, tile, size)))
     return out
 
 
@@ -163,10 +170,31 @@ def _block_grid(shape: tuple[int, int], settings: BlockSettings, multiple: int):
     return ys, xs
 
 
+def region_crop(
+    shape: tuple[int, int],
+    box: tuple[int, int, int, int],
+    tile_size: int | None,
+    multiple: int,
+    overlap: int | None = None,
+    halo: int | None = None,
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` to read and segment so that ``box`` of an image of ``shape``
+    gets whole-image output: the block rule above for one box. With the same
+    normalisation statistics the box's labels equal :func:`~napari_segen.inference.predict`
+    of the whole image (probabilities up to float rounding), right up to the box border.
+    """
+    layout, _ = plan_window(shape, tile_size, overlap, halo, multiple)
+    th, tw = layout.tile
+    return (
+        *_tile_aligned_span(box[0], box[1], layout.starts_y, th, shape[0]),
+        *_tile_aligned_span(box[2], box[3], layout.starts_x, tw, shape[1]),
+    )
+
+
 # ---------------------------------------------------------------- normalisation statistics
 
 
-class _Plane:
+class PlaneView:
     """A lazy view of one plane of an array-like: indexing reads only what it selects
     (``zarr_array[()]`` would read everything)."""
 
@@ -507,7 +535,7 @@ def iter_predict_blocks(
             continue
         message = "normalisation statistics" + (f" of slice {idx}" if leading else "")
         st = yield from map_events(
-            plane_stats(_Plane(array, idx), loaded, is_rgb, settings.block_size),
+            plane_stats(PlaneView(array, idx), loaded, is_rgb, settings.block_size),
             lambda _, m=message: Progress(int(done.sum()), total, m),
         )
         stats[idx] = st

@@ -15,7 +15,7 @@ is left as it was, so regions can be segmented one by one while looking around.
 The box is widened to the whole image's tiles that reach into it and normalised
 with the whole plane's statistics (of the coarsest level for a multiscale
 image), so its labels are the ones a whole-image run gives (see
-:func:`region_crop`).
+:func:`~napari_segen.inference.blockwise.region_crop`).
 
 **Folder** (folded) segments every image of a folder into label files in an
 output folder, as ``napari-segen predict`` does (``<name>_labels.png``, ``.tif``
@@ -60,10 +60,9 @@ from ..inference.batch import (
     iter_predict_files,
     plan_batch,
 )
-from ..inference.blockwise import plane_stats
+from ..inference.blockwise import PlaneView, plane_stats, region_crop
 from ..inference.instances import Instances, find_instances, instance_features
 from ..inference.predict import size_multiple
-from ..inference.sliding_window import plan_window
 from ..inference.uncertainty import Region, next_region, rank_regions
 from ..models import ModelFileError, default_model_path, load_model, read_spec
 from ..models.model_file import LoadedModel
@@ -117,46 +116,6 @@ def segment_job(
         yield Progress(0, 0, "finding objects")
         found = stack_instances(prediction.probabilities, model.spec.class_names)
     return Segmentation(prediction, found)
-
-
-def region_crop(
-    model: Any, shape: tuple[int, int], box: tuple[int, int, int, int], tile_size: int | None
-) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)`` to read and segment so that ``box`` gets whole-image labels.
-
-    The crop runs from the first tile of the whole ``shape``'s sliding-window
-    layout that reaches into the box to the end of the last one (clipped to the
-    image): at least the tile overlap (more than twice the halo) around the box
-    where the image goes on. The crop's own layout is then the whole image's
-    tiles over it, and every pixel of the box gets the very tiles and blending
-    weights of a whole-image run; the crop edges' halo-cut tile borders lie
-    outside the box. With the same normalisation statistics the box's labels
-    equal :func:`~napari_segen.inference.predict` of the whole image (probabilities
-    up to float rounding), right up to the box border.
-    """
-    layout, _ = plan_window(shape, tile_size, None, None, size_multiple(model))
-    th, tw = layout.tile
-    out = []
-    for (lo, hi), starts, tile, size in (
-        (box[:2], layout.starts_y, th, shape[0]),
-        (box[2:], layout.starts_x, tw, shape[1]),
-    ):
-        first = next(s for s in starts if s + tile > lo)
-        last = max(s for s in starts if s < hi)
-        out += [first, min(last + tile, size)]
-    return tuple(out)
-
-
-class _PlaneView:
-    """Slice ``index`` of an array-like, read only where indexed (``zarr[()]`` reads all)."""
-
-    def __init__(self, array: Any, index: tuple[int, ...]) -> None:
-        self.array, self.index = array, index
-        self.shape = tuple(array.shape[len(index) :])
-        self.dtype = array.dtype
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.array[(*self.index, *(key if isinstance(key, tuple) else (key,)))]
 
 
 def region_job(
@@ -497,7 +456,7 @@ class SegmentWidget(Container):
         data = layer.data[0] if layer.multiscale else layer.data
         leading, _ = spatial_layout(tuple(data.shape), layer.rgb)
         full_shape = tuple(data.shape[: len(leading) + 2])
-        plane = _PlaneView(data, index)
+        plane = PlaneView(data, index)
         stats_plane = plane
         if layer.multiscale:  # the coarsest level's statistics: a cheap, close estimate
             coarse = layer.data[-1]
@@ -505,9 +464,9 @@ class SegmentWidget(Container):
                 min(round(i * c / n), c - 1)
                 for i, c, n in zip(index, coarse.shape, leading, strict=False)
             )
-            stats_plane = _PlaneView(coarse, at)
+            stats_plane = PlaneView(coarse, at)
         box = (y0, y1, x0, x1)
-        crop = region_crop(model, full_shape[-2:], box, self.tile_size.value)
+        crop = region_crop(full_shape[-2:], box, self.tile_size.value, size_multiple(model))
         where = f" slice {index}" if index else ""
         self.status.value = f"segmenting {layer.name}{where} [{y0}:{y1}, {x0}:{x1}]..."
         self.runner.start(
