@@ -91,6 +91,9 @@ def test_cancel_leaves_layers_untouched(qtbot, widget):
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=5_000)
     assert "stack labels" not in viewer.layers
     assert "cancelled" in w.status.value
+    from napari_segen.inference import cpu_runtime
+
+    assert cpu_runtime._active == 0  # the cancelled task's CPU setting was undone, not left on
 
 
 def test_no_image_and_bad_model_are_reported_not_raised(qtbot, widget, tmp_path):

@@ -70,6 +70,16 @@ class _Worker(GeneratorWorker):
     def _relay_error(self, exc: Exception) -> None:
         pass  # see _notify_error
 
+    def work(self) -> Any:
+        try:
+            return super().work()
+        finally:
+            # superqt leaves a cancelled generator suspended at its yield; close it here, in
+            # the worker thread, so the task's ``finally`` blocks (process-wide CPU settings,
+            # temporary files) run now instead of whenever it is garbage-collected.
+            if self.abort_requested:
+                self._gen.close()
+
 
 def _notify_error(exc: Exception) -> None:
     """What napari's worker relay does: one error notification, traceback attached."""
