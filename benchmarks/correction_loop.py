@@ -129,6 +129,57 @@ def choose_round_robin(ranked, budget: int) -> list[tuple[int, int, int]]:
     return chosen[:budget]
 
 
+def tile_features(model, image: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Each tile's description by the start model's own encoder: the mean of every encoder
+    level's features over the tile (what it looks like to the model), by tile corner."""
+    from napari_segen.data.normalize import normalize_image, to_channels_first
+
+    chw = normalize_image(
+        to_channels_first(image, model.spec.in_channels), model.spec.normalization,
+        source_dtype=image.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        feats = model.module.eval().encode(torch.from_numpy(np.ascontiguousarray(chw))[None])
+    h, w = image.shape[:2]
+    out = {}
+    for y in range(0, h, TILE):
+        for x in range(0, w, TILE):
+            parts = []
+            for f in feats:
+                s = h // f.shape[-2]
+                region = f[0, :, y // s : (y + TILE) // s, x // s : (x + TILE) // s]
+                parts.append(region.mean((1, 2)))
+            out[(y, x)] = torch.cat(parts).numpy()
+    return out
+
+
+def choose_covering(ranked, features, budget: int) -> list[tuple[int, int, int]]:
+    """Spread the budget over what the images look like, then pick by uncertainty: k-means
+    (k = budget) on the tiles' encoder features, and in each cluster its most uncertain tile.
+
+    At small budgets a few top-uncertainty tiles cover one kind of region; covering
+    the kinds of region first is what low-budget active learning recommends
+    (Hacohen et al. 2022, "Active learning on a budget").
+    """
+    from scipy.cluster.vq import kmeans2
+
+    keys = [(i, y, x) for _, i, y, x in ranked]
+    x = np.stack([features[k] for k in keys]).astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    _, cluster = kmeans2(x, budget, minit="++", seed=0)
+    chosen, taken = [], set()
+    for key, c in zip(keys, cluster, strict=True):  # ranked: most uncertain first
+        if c not in taken:
+            taken.add(c)
+            chosen.append(key)
+    for key in keys:  # an empty cluster: fill up with the next most uncertain
+        if len(chosen) >= budget:
+            break
+        if key not in chosen:
+            chosen.append(key)
+    return chosen[:budget]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget", type=int, default=8, help="tiles the annotator corrects")
@@ -152,10 +203,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--select",
-        choices=("top", "round-robin"),
+        choices=("top", "round-robin", "cover"),
         default="top",
-        help="uncertainty arm: the top tiles (at most --per-image from one image), or each "
-        "image's best tile in turn",
+        help="uncertainty arm: the top tiles (at most --per-image from one image), each "
+        "image's best tile in turn, or the most uncertain tile of each of --budget clusters "
+        "of tiles that look alike to the model (cover)",
     )
     ap.add_argument(
         "--rank",
@@ -212,8 +264,10 @@ def main() -> None:
 
     # the class balance the model was trained on (membrane share of the old masks)
     prior = float(np.mean([(p.mask == 1).mean() for p in base_pairs]))
-    ranked, predictions = [], []
+    ranked, predictions, features = [], [], {}
     for i, p in enumerate(pool):
+        if args.select == "cover":
+            features.update({(i, *k): v for k, v in tile_features(base, p.image).items()})
         probs = tta_probabilities(base, p.image)
         predictions.append(probs.argmax(0).astype(np.uint8))
         for r in rank_regions(entropy_map(probs), TILE):
@@ -226,6 +280,8 @@ def main() -> None:
     ranked.sort(key=lambda t: -t[0])
     if args.select == "round-robin":
         chosen_unc = choose_round_robin(ranked, args.budget)
+    elif args.select == "cover":
+        chosen_unc = choose_covering(ranked, features, args.budget)
     else:
         chosen_unc = choose_by_uncertainty(ranked, args.budget, args.per_image)
 

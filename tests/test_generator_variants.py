@@ -78,6 +78,25 @@ def test_noise_same_seed_same_image_other_seed_other_image():
         assert torch.equal(fresh(labels, noise_rng=_seeded(1)), fresh(labels, _seeded(2)))
 
 
+def test_noise_strength_scales_the_noise_per_sample():
+    g = _noisy()
+    labels = torch.randint(0, 3, (1, 32, 32))
+    with torch.no_grad():
+        full = g(labels, noise_rng=_seeded(1))
+        none_a = g(labels, noise_rng=_seeded(1), noise_strength=0.0)
+        none_b = g(labels, noise_rng=_seeded(2), noise_strength=0.0)
+        half = g(labels, noise_rng=_seeded(1), noise_strength=0.5)
+        # one batch [noisy; noise-free] equals the two single runs (what training uses)
+        both = g(labels.repeat(2, 1, 1), noise_rng=_seeded(1),
+                 noise_strength=torch.tensor([1.0, 0.0]))  # fmt: skip
+    assert torch.equal(none_a, none_b)  # no noise: the seed does not matter
+    assert (full - none_a).abs().max() > 1e-3
+    # half strength lies between the noise-free and the full drawing
+    assert 0 < (half - none_a).abs().mean() < (full - none_a).abs().mean()
+    assert torch.allclose(both[1], none_a, atol=1e-6)
+    assert all(m.strength == 1.0 for m in g.modules() if isinstance(m, NoiseInjection))
+
+
 def test_generation_seed_picks_the_noise_on_a_loaded_file(tmp_path):
     g = _noisy(upsample="resize")
     spec = ModelSpec(
@@ -224,6 +243,16 @@ def test_paper_recipe_is_the_default_and_writes_no_new_keys(tmp_path):
     assert spec.provenance["method"] == "pix2pix (Isola et al. 2017)"
 
 
+def test_l1_on_the_noise_free_drawing_and_on_a_low_pass_train(tmp_path):
+    for name, kw in {"free": dict(l1_noise_free=True), "lowpass": dict(l1_sigma=1.5)}.items():
+        gen = train_pix2pix(_pairs(), tmp_path / f"{name}.safetensors", config=_texture_cfg(**kw))
+        losses = [ev.losses for ev in gen if ev.kind == "step"]
+        assert len(losses) == 8 and all(math.isfinite(s["l1"]) and s["l1"] > 0 for s in losses)
+        method = load_model(tmp_path / f"{name}.safetensors").spec.provenance["method"]
+        assert ("noise-free" in method) == (name == "free")
+        assert ("low-pass" in method) == (name == "lowpass")
+
+
 def test_variant_settings_are_checked():
     with pytest.raises(ValueError, match="unknown preset"):
         SynthConfig.from_preset("hd")
@@ -235,4 +264,8 @@ def test_variant_settings_are_checked():
         _texture_cfg(d_scales=3).check()
     with pytest.raises(ValueError, match="loss weights"):
         _texture_cfg(fm_weight=-1).check()
+    with pytest.raises(ValueError, match="needs a generator with noise"):
+        _texture_cfg(noise=False, l1_noise_free=True).check()
+    with pytest.raises(ValueError, match="low-pass sigma must be 0 to crop size / 8 = 4"):
+        _texture_cfg(l1_sigma=5).check()
     assert PRESETS["texture"]["noise"] and not PRESETS["pix2pix"]["noise"]

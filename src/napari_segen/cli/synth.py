@@ -162,6 +162,21 @@ def _add_train(ss) -> None:
         default=None,
         help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture)",
     )
+    t.add_argument(
+        "--l1-sigma",
+        type=float,
+        default=None,
+        help="compare real and generated images through a Gaussian low-pass of this sigma "
+        "(px) in the L1 term, so it holds the layout and leaves texture free; 0 = per-pixel "
+        "L1 (default: the preset's)",
+    )
+    t.add_argument(
+        "--l1-noise-free",
+        action="store_true",
+        default=None,
+        help="apply the L1 term to the generator's noise-free drawing, so the noise is free "
+        "to draw texture (needs a noise generator, e.g. --preset texture)",
+    )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
         "--sample-every", type=int, default=200, help="steps between sample grids (default: 200)"
@@ -361,6 +376,8 @@ def run_train(args: argparse.Namespace) -> int:
         d_scales=args.d_scales,
         fm_weight=args.fm_weight,
         l1_weight=args.l1_weight,
+        l1_sigma=args.l1_sigma,
+        l1_noise_free=args.l1_noise_free,
     )
     cfg = SynthConfig.from_preset(
         args.preset,

@@ -110,12 +110,15 @@ class NoiseInjection(nn.Module):
     noise each channel uses. The noise is drawn from :attr:`rng` when it is set
     (on the generator's device, then moved to ``x``'s, so a CPU generator gives
     the same noise on any device), else from torch's global generator.
+    :attr:`strength` scales it: a number, or one per sample (a ``(B,)`` tensor);
+    the noise is drawn either way, so a seed gives the same maps at any strength.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.rng: torch.Generator | None = None
+        self.strength: float | torch.Tensor = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -123,7 +126,12 @@ class NoiseInjection(nn.Module):
             noise = torch.randn((b, 1, h, w), device=x.device, dtype=torch.float32)
         else:
             noise = torch.randn((b, 1, h, w), generator=self.rng, device=self.rng.device)
-        return x + self.weight.to(x.dtype) * noise.to(device=x.device, dtype=x.dtype)
+        noise = noise.to(device=x.device, dtype=x.dtype)
+        if isinstance(self.strength, torch.Tensor):
+            noise = noise * self.strength.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+        elif self.strength != 1.0:
+            noise = noise * self.strength
+        return x + self.weight.to(x.dtype) * noise
 
 
 def _up(
@@ -264,13 +272,18 @@ class Pix2PixGenerator(nn.Module):
                 m.train(enabled or self.training)
 
     def forward(
-        self, labels: torch.Tensor, noise_rng: torch.Generator | None = None
+        self,
+        labels: torch.Tensor,
+        noise_rng: torch.Generator | None = None,
+        noise_strength: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """Class indices ``(B, H, W)`` or one-hot ``(B, K, H, W)`` -> images ``(B, C, H, W)``.
 
         ``noise_rng`` draws the noise maps of a ``noise=True`` generator (a seeded
         one gives the same image for the same seed); None draws from torch's
-        global generator. A generator without noise ignores it.
+        global generator. ``noise_strength`` scales the noise (1: as trained, 0:
+        the generator's noise-free drawing), one number or one per sample. A
+        generator without noise ignores both.
         """
         x = one_hot_labels(labels, self.num_classes, _channels_last_on_cuda(self, labels))
         m = self.size_multiple
@@ -279,16 +292,17 @@ class Pix2PixGenerator(nn.Module):
                 f"label maps of size {tuple(x.shape[-2:])} must be divisible by {m} "
                 f"(2**depth); pad them (synthesis.generate pads automatically)"
             )
-        if not self.noise or noise_rng is None:
+        plain = isinstance(noise_strength, (int, float)) and noise_strength == 1.0
+        if not self.noise or (noise_rng is None and plain):
             return self.model(x)
         injections = [m for m in self.modules() if isinstance(m, NoiseInjection)]
         for inj in injections:
-            inj.rng = noise_rng
+            inj.rng, inj.strength = noise_rng, noise_strength
         try:
             return self.model(x)
         finally:
             for inj in injections:
-                inj.rng = None
+                inj.rng, inj.strength = None, 1.0
 
 
 class PatchDiscriminator(nn.Module):
