@@ -146,6 +146,14 @@ def main(argv=None) -> int:
         help="score this generator (e.g. the bundled one) instead of training one; "
         "--preset then only names it",
     )
+    ap.add_argument(
+        "--noise-strengths",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[],
+        metavar="S,S,...",
+        help="also score the generator with its noise maps scaled by each S (0 = its "
+        "noise-free drawing): the texture/SSIM trade-off of one generator",
+    )
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--crop-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=32, help="ngf and ndf")
@@ -224,17 +232,20 @@ def main(argv=None) -> int:
     reals = [real_to_unit(p.image, model) for p in test]
     real_train = [real_to_unit(p.image, model) for p in train]
 
-    def gen_all(m, tile=None):
+    def gen_all(m, tile=None, strength=1.0):
         return [
-            to_unit(generate_tensor(m, p.mask, device=dev, tile_size=tile, seed=args.seed + i))
+            to_unit(generate_tensor(m, p.mask, device=dev, tile_size=tile, seed=args.seed + i,
+                                    noise_strength=strength))
             for i, p in enumerate(test)
-        ]
+        ]  # fmt: skip
 
     main_name = f"{args.preset} (whole image)"
     fakes = {
         main_name: gen_all(model),
         f"{args.preset} (tiles of {args.crop_size * 2})": gen_all(model, args.crop_size * 2),
     }
+    for strength in args.noise_strengths:
+        fakes[f"{args.preset} (noise x{strength:g})"] = gen_all(model, strength=strength)
     compared = []
     for path in args.compare:
         name = f"{Path(path).stem} (file)"

@@ -112,6 +112,12 @@ def test_generation_seed_picks_the_noise_on_a_loaded_file(tmp_path):
     b = generate_tensor(load_generator(path), labels, device="cpu", seed=7)
     c = generate_tensor(model, labels, device="cpu", seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # noise strength 0: the noise-free drawing, whatever the seed
+    z7 = generate_tensor(model, labels, device="cpu", seed=7, noise_strength=0.0)
+    assert torch.equal(z7, generate_tensor(model, labels, device="cpu", seed=8, noise_strength=0))
+    assert not torch.equal(z7, a)
+    with pytest.raises(ValueError, match="noise strength must be >= 0"):
+        generate_tensor(model, labels, device="cpu", noise_strength=-1)
     # tiles draw their noise one after another from the same seeded generator
     t1 = generate_tensor(model, labels, device="cpu", seed=7, tile_size=32)
     t2 = generate_tensor(model, labels, device="cpu", seed=7, tile_size=32)

@@ -106,6 +106,7 @@ def generate_tensor(
     seed: int | None = None,
     overlap: int | None = None,
     halo: int | None = None,
+    noise_strength: float = 1.0,
 ) -> torch.Tensor:
     """Generate from one ``(H, W)`` label map: a ``(C, H, W)`` float tensor in [-1, 1] on the CPU.
 
@@ -131,7 +132,11 @@ def generate_tensor(
         seed: seed for the dropout noise and a noise generator's noise maps.
         overlap: pixels shared by neighbouring tiles (default: half a tile).
         halo: tile-border pixels discarded where tiles meet (default: 0).
+        noise_strength: scale of a noise generator's noise maps (1: as trained, 0: its
+            noise-free drawing); ignored by a generator without noise.
     """
+    if not noise_strength >= 0:
+        raise ValueError(f"the noise strength must be >= 0, got {noise_strength}")
     check_generator(model)
     gen = model.module
     labels = _label_array(labels, gen.num_classes)
@@ -156,7 +161,9 @@ def generate_tensor(
             out = sliding_window(
                 # class indices as one float channel: exact, and one-hot only per tile
                 torch.from_numpy(padded).float()[None],
-                lambda batch: gen(batch[:, 0].long(), noise_rng=noise_rng).float(),
+                lambda batch: gen(
+                    batch[:, 0].long(), noise_rng=noise_rng, noise_strength=noise_strength
+                ).float(),
                 tile_size=tile,
                 overlap=overlap,
                 halo=halo or 0,
