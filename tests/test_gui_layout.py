@@ -187,3 +187,21 @@ def test_train_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs
     viewer.window.add_dock_widget(w, name="Train")
     viewer.add_labels(mask.astype(np.uint8), name="em labels")  # Segment's output appears
     assert w.labels_layer.value.name == "em labels"
+
+
+def test_a_collapsed_fold_is_as_tall_as_its_title(qtbot):
+    """No blank band under a folded section: collapsed it takes its title's height (plus a few
+    pixels), expanded it shows its whole form."""
+    from magicgui.widgets import FloatSpinBox, SpinBox
+
+    from napari_segen.widgets._layout import collapsible
+
+    section = collapsible("Advanced", [SpinBox(label="a"), FloatSpinBox(label="b")])
+    qtbot.addWidget(section)
+    section.show()
+    qtbot.wait(30)
+    title = section._toggle_btn.sizeHint().height()
+    assert section.sizeHint().height() <= title + 6
+    section.expand(animate=False)
+    qtbot.wait(30)
+    assert section.sizeHint().height() >= title + section.form.native.sizeHint().height()

@@ -83,6 +83,10 @@ def collapsible(title: str, widgets: list, *, labels: bool = True) -> Any:
     form = Container(widgets=widgets, labels=labels)
     form.margins = (0, 0, 0, 0)
     section = QCollapsible(title)
+    # superqt's default margins leave ~28 px of blank space under every collapsed fold
+    section.layout().setContentsMargins(0, 2, 0, 2)
+    section.layout().setSpacing(0)
+    section.content().layout().setContentsMargins(0, 4, 0, 0)
     section.addWidget(form.native)
     section.form = form
     return section
