@@ -366,6 +366,35 @@ def test_segment_folder_writes_label_files_like_predict(
     assert len(viewer.layers) == 0  # files only
 
 
+def test_segment_folder_writes_what_the_also_add_options_ask_for(
+    qtbot, widget, blobs_image, tmp_path
+):
+    import csv
+
+    import tifffile
+
+    viewer, w = widget
+    w.device.value = "cpu"
+    img, _ = blobs_image
+    _image_folder(tmp_path / "images", img)
+    w.folder_in.value, w.folder_out.value = tmp_path / "images", tmp_path / "out"
+    w.uncertainty.value = w.objects.value = True
+    w.segment_folder()
+    worker = w.runner.worker
+    qtbot.waitUntil(lambda: not worker.is_running and w.folder_button.enabled, timeout=60_000)
+    total = 0
+    for stem in ("a", "b"):
+        objects = tifffile.imread(tmp_path / "out" / f"{stem}_objects.tif")
+        with open(tmp_path / "out" / f"{stem}_objects.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert {int(r["label"]) for r in rows} == set(np.unique(objects)) - {0}
+        total += len(rows)
+        unsure = tifffile.imread(tmp_path / "out" / f"{stem}_uncertainty.tif")
+        assert unsure.shape == img.shape[:2] and 0 <= unsure.min() <= unsure.max() <= 1
+        assert not (tmp_path / "out" / f"{stem}_probs.tif").exists()  # not ticked
+    assert total > 0 and w.status.value.endswith(f"({total} objects in all)")
+
+
 def test_segment_folder_never_overwrites_and_says_so_once(qtbot, widget, blobs_image, tmp_path):
     from napari.utils.notifications import notification_manager
 

@@ -249,7 +249,9 @@ class SegmentWidget(Container):
         self.folder_button = PushButton(text="Segment folder")
         self.folder_button.tooltip = (
             "Segment every image of the folder with the model, device and tile size above "
-            "(as `napari-segen predict`); Cancel stops after the current image"
+            "(as `napari-segen predict`): <name>_labels.png each, and with the 'Also add' "
+            "options ticked <name>_probs.tif, <name>_uncertainty.tif, <name>_objects.tif + "
+            ".csv; Cancel stops after the current image"
         )
         self.cancel_button = PushButton(text="Cancel")
         self.status = Label(value="")
@@ -634,8 +636,10 @@ class SegmentWidget(Container):
             show_error(f"No image files (png, tif, jpg, bmp) in {src}; choose another folder.")
             return
         settings = BatchSettings(
-            tile_size=self.tile_size.value, device=self.device.value, tta=self.tta.value
-        )
+            tile_size=self.tile_size.value, device=self.device.value, tta=self.tta.value,
+            probabilities=self.probabilities.value, uncertainty=self.uncertainty.value,
+            instances=self.objects.value,
+        )  # fmt: skip
         problems: list[str] = []
 
         def _skip(path: Path, err: BaseException) -> None:
@@ -678,6 +682,9 @@ class SegmentWidget(Container):
     ) -> None:
         """Status: how many label files were written where; one line per problem, once."""
         done = f"wrote {len(result.written)} of {total} label image(s) to {dst}"
+        counts = [w.objects for w in result.written if w.objects is not None]
+        if counts:
+            done += f" ({sum(counts)} objects in all)"
         if problems:
             self.status.value = f"{done}; {len(problems)} skipped (see the notification)"
             show_warning(f"{done}; {len(problems)} skipped:\n" + "\n".join(problems))
