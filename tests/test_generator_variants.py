@@ -254,7 +254,9 @@ def test_l1_on_the_noise_free_drawing_and_on_a_low_pass_train(tmp_path):
         gen = train_pix2pix(_pairs(), tmp_path / f"{name}.safetensors", config=_texture_cfg(**kw))
         losses = [ev.losses for ev in gen if ev.kind == "step"]
         assert len(losses) == 8 and all(math.isfinite(s["l1"]) and s["l1"] > 0 for s in losses)
-        method = load_model(tmp_path / f"{name}.safetensors").spec.provenance["method"]
+        prov = load_model(tmp_path / f"{name}.safetensors").spec.provenance
+        assert prov["ran_with"]["device"] == "cpu" and prov["ran_with"]["amp"] is False
+        method = prov["method"]
         assert ("noise-free" in method) == (name == "free")
         assert ("low-pass" in method) == (name == "lowpass")
 

@@ -76,6 +76,11 @@ def test_events_best_model_and_last_checkpoint(tmp_path, blobs_pair):
     assert "foreground_dice" in events[kinds.index("epoch")].metrics
     model = load_model(out)
     assert model.spec.provenance["epochs_run"] >= 1 and len(result.history) == 3
+    # the file says what the run used, not only what was asked (AMP is CUDA-only)
+    prov = model.spec.provenance
+    assert prov["config"]["amp"] is True and prov["config"]["channels_last"] is True
+    assert prov["ran_with"] == {"device": "cpu", "amp": False, "channels_last": False,
+                                "processes": 1}  # fmt: skip
     last = last_checkpoint_path(out)
     assert last.name == "m.last.safetensors" and checkpoint_sidecar(last).is_file()
     ckpt = load_checkpoint(last)

@@ -371,7 +371,10 @@ def train_pix2pix(
         samples_dir if samples_dir is not None or run.out is None else default_samples_dir(run.out),
     )  # fmt: skip
     names = [p.name for p in pairs], [p.name for p in val_pairs]
-    extra = {"method": _method(spec, disc_kwargs, cfg), "discriminator": disc_kwargs}
+    extra = {
+        "method": _method(spec, disc_kwargs, cfg), "discriminator": disc_kwargs,
+        "ran_with": run.ran_with(),
+    }  # fmt: skip
     prov = {**extra, **(provenance or {})}
     started_from = "resumed" if ckpt is not None else "scratch"
 

@@ -188,6 +188,16 @@ class TrainingRun:
         self.writes = rank == 0 and self.out is not None
         self._model_written = False
 
+    def ran_with(self) -> dict[str, Any]:
+        """What the run actually used, for provenance: the config says what was asked
+        (``amp=True`` is a request that only CUDA grants)."""
+        return {
+            "device": str(self.device),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "processes": self.world_size,
+        }
+
     # --- resume ------------------------------------------------------------------------------
     def checkpoint(self) -> Checkpoint | None:
         """The checkpoint to resume from (None when not resuming)."""

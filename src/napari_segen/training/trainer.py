@@ -284,7 +284,9 @@ def train_segmentation(
         st.epoch = epoch
         saved = False
         if improved:
-            spec.provenance = _provenance(cfg, train_pairs, val_pairs, st, provenance)
+            spec.provenance = _provenance(
+                cfg, train_pairs, val_pairs, st, {"ran_with": run.ran_with(), **(provenance or {})}
+            )
             saved = run.save_model(module, spec, st.step) is not None
         train_state = st.to_json(record["seconds"], **fixed)
         run.save_checkpoint(st.step, spec=spec, **parts, train_state=train_state)
