@@ -113,7 +113,7 @@ class SynthConfig:
         gan_loss: ``"lsgan"`` (least squares) or ``"bce"`` (the original GAN loss).
         l1_weight: weight of the L1 term (lambda, 100 in the paper).
         l1_noise_free: apply the L1 term to the generator's noise-free drawing (noise
-            strength 0, the same batch run a second time) instead of the noisy one the
+            strength 0, the batch run twice in one doubled batch) instead of the noisy one the
             discriminator judges. The noise-free drawing learns the per-pixel median
             (crisp membranes where they are), and the noise is left to draw texture
             on top of it, unpenalised by L1. Needs ``noise``.
@@ -371,10 +371,7 @@ def train_pix2pix(
         samples_dir if samples_dir is not None or run.out is None else default_samples_dir(run.out),
     )  # fmt: skip
     names = [p.name for p in pairs], [p.name for p in val_pairs]
-    extra = {
-        "method": _method(spec, disc_kwargs, cfg), "discriminator": disc_kwargs,
-        "ran_with": run.ran_with(),
-    }  # fmt: skip
+    extra = {"method": _method(spec, disc_kwargs, cfg), "discriminator": disc_kwargs}
     prov = {**extra, **(provenance or {})}
     started_from = "resumed" if ckpt is not None else "scratch"
 

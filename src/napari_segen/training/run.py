@@ -300,11 +300,12 @@ class TrainingRun:
 
     # --- files -------------------------------------------------------------------------------
     def save_model(self, module: nn.Module, spec: ModelSpec, step: int) -> Path | None:
-        """Write the model file (rank 0, when there is one); provenance is made JSON-safe."""
+        """Write the model file (rank 0, when there is one); provenance is made JSON-safe
+        and records what the run used (:meth:`ran_with`)."""
         if not self.writes:
             return None
         self.check_weights({"model": module}, step)
-        spec.provenance = json_safe(spec.provenance)
+        spec.provenance = json_safe({**spec.provenance, "ran_with": self.ran_with()})
         may_replace = self.overwrite or self.resume or self._model_written
         save_model(self.out, module, spec, overwrite=may_replace)
         self._model_written = True

@@ -284,9 +284,7 @@ def train_segmentation(
         st.epoch = epoch
         saved = False
         if improved:
-            spec.provenance = _provenance(
-                cfg, train_pairs, val_pairs, st, {"ran_with": run.ran_with(), **(provenance or {})}
-            )
+            spec.provenance = _provenance(cfg, train_pairs, val_pairs, st, provenance)
             saved = run.save_model(module, spec, st.step) is not None
         train_state = st.to_json(record["seconds"], **fixed)
         run.save_checkpoint(st.step, spec=spec, **parts, train_state=train_state)
