@@ -220,7 +220,10 @@ class SynthConfig:
                 f"feature matching {self.fm_weight}"
             )
         if self.l1_noise_free and not self.noise:
-            raise ValueError("l1_noise_free needs a generator with noise (noise=True)")
+            raise ValueError(
+                "l1_noise_free needs a generator with noise (noise=True; on the command line "
+                "--preset texture or --noise)"
+            )
         if not 0 <= self.l1_sigma <= self.crop_size / 8:
             raise ValueError(
                 f"the L1 low-pass sigma must be 0 to crop size / 8 = {self.crop_size / 8:g} px, "
