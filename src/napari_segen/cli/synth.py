@@ -177,6 +177,15 @@ def _add_train(ss) -> None:
         help="apply the L1 term to the generator's noise-free drawing, so the noise is free "
         "to draw texture (needs a noise generator, e.g. --preset texture)",
     )
+    t.add_argument(
+        "--mode-seeking",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of a mode-seeking term that rewards different images for different "
+        "noise, so the generator cannot learn to ignore its noise (needs a noise generator; "
+        "default: the preset's, 0)",
+    )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
         "--sample-every", type=int, default=200, help="steps between sample grids (default: 200)"
@@ -378,6 +387,7 @@ def run_train(args: argparse.Namespace) -> int:
         l1_weight=args.l1_weight,
         l1_sigma=args.l1_sigma,
         l1_noise_free=args.l1_noise_free,
+        ms_weight=args.mode_seeking,
     )
     cfg = SynthConfig.from_preset(
         args.preset,

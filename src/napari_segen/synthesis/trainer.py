@@ -123,6 +123,10 @@ class SynthConfig:
             fine texture to the adversarial and feature-matching losses ("frequency
             separation", Fritsche, Gu & Timofte 2019): a heavy per-pixel L1 pulls
             texture to its smooth conditional median.
+        ms_weight: weight of the mode-seeking term (Mao et al. 2019, MSGAN): the
+            generator draws each mask twice with different noise and is rewarded for
+            images that differ (loss ``1 / (mean |G(m, z1) - G(m, z2)| + 1e-5)``), so
+            it cannot learn to cancel its noise. 0: off. Needs ``noise``.
         lr: Adam learning rate of both networks.
         beta1: Adam beta1.
         decay_fraction: final fraction of the steps over which the rate falls linearly to 0.
@@ -156,6 +160,7 @@ class SynthConfig:
     l1_weight: float = 100.0
     l1_sigma: float = 0.0
     l1_noise_free: bool = False
+    ms_weight: float = 0.0
     lr: float = 2e-4
     beta1: float = 0.5
     decay_fraction: float = 0.5
@@ -219,11 +224,14 @@ class SynthConfig:
                 f"loss weights must be >= 0, got L1 {self.l1_weight}, "
                 f"feature matching {self.fm_weight}"
             )
-        if self.l1_noise_free and not self.noise:
-            raise ValueError(
-                "l1_noise_free needs a generator with noise (noise=True; on the command line "
-                "--preset texture or --noise)"
-            )
+        if not self.ms_weight >= 0:
+            raise ValueError(f"the mode-seeking weight must be >= 0, got {self.ms_weight}")
+        for name in ("l1_noise_free", "ms_weight"):
+            if getattr(self, name) and not self.noise:
+                raise ValueError(
+                    f"{name} needs a generator with noise (noise=True; on the command line "
+                    "--preset texture or --noise)"
+                )
         if not 0 <= self.l1_sigma <= self.crop_size / 8:
             raise ValueError(
                 f"the L1 low-pass sigma must be 0 to crop size / 8 = {self.crop_size / 8:g} px, "
@@ -567,6 +575,8 @@ def _method(spec: ModelSpec, disc_kwargs: dict[str, Any], cfg: SynthConfig) -> s
         extras.append("L1 on the noise-free drawing")
     if cfg.l1_sigma:
         extras.append(f"L1 on a sigma-{cfg.l1_sigma:g} low-pass")
+    if cfg.ms_weight:
+        extras.append(f"mode seeking x{cfg.ms_weight:g}")
     method = "pix2pix (Isola et al. 2017)"
     return method + (" with " + ", ".join(extras) if extras else "")
 
@@ -650,14 +660,22 @@ def _gan_step(
         for group in opt.param_groups:
             group["lr"] = lr
     with run.autocast():
+        # one pass over [noisy; second noisy draw; noise-free], as the losses need them
+        # (no second forward under DDP)
+        b = mask.shape[0]
+        strengths = [torch.ones(b)]
+        if cfg.ms_weight:
+            strengths.append(torch.ones(b))
         if cfg.l1_noise_free:
-            # one pass over [noisy; noise-free] (no second forward under DDP)
-            b = mask.shape[0]
-            strength = torch.cat([torch.ones(b), torch.zeros(b)])
-            both = gen(torch.cat([mask, mask]), noise_strength=strength)
-            fake, fake_l1 = both[:b], both[b:]
+            strengths.append(torch.zeros(b))
+        if len(strengths) > 1:
+            drawn = gen(mask.repeat(len(strengths), 1, 1), noise_strength=torch.cat(strengths))
+            fake = drawn[:b]
+            fake_l1 = drawn[-b:] if cfg.l1_noise_free else fake
+            fake_2 = drawn[b : 2 * b] if cfg.ms_weight else None
         else:
             fake = fake_l1 = gen(mask)
+            fake_2 = None
         # Discriminator: real pairs -> 1, generated pairs -> 0.
         d_real = _per_scale(disc(mask, real))
         d_fake = _per_scale(disc(mask, fake.detach()))
@@ -683,6 +701,9 @@ def _gan_step(
         loss_g = loss_gan + cfg.l1_weight * loss_l1
         if cfg.fm_weight:
             loss_g = loss_g + cfg.fm_weight * loss_fm
+        if fake_2 is not None:
+            spread = torch.abs(fake.float() - fake_2.float()).mean()
+            loss_g = loss_g + cfg.ms_weight / (spread + 1e-5)
     run.optimise(loss_g, opts["opt_g"], scalers["scaler_g"])
     for p in disc.parameters():
         p.requires_grad_(True)
@@ -693,6 +714,8 @@ def _gan_step(
     }
     if cfg.fm_weight:
         losses["fm"] = float(loss_fm.detach())
+    if fake_2 is not None:
+        losses["spread"] = float(spread.detach())
     return losses
 
 
