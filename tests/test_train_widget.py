@@ -331,3 +331,176 @@ def test_legend_shows_which_label_value_paints_which_class(widget):
     widget.mode.value = MODE_SPARSE
     assert "3&nbsp;mitochondrion" in legend.value and "0 = not annotated" in legend.value
     assert legend.native.wordWrap()  # wraps rather than widening the dock
+
+
+# --- synthetic pairs (as napari-segen train --synthetic-*) -------------------------------------
+@pytest.fixture
+def synthetic_folders(tmp_path):
+    """``synth/images`` and ``synth/masks``: 3 pairs of 64 x 64 bright discs on a dark ground."""
+    from PIL import Image
+
+    from napari_segen.data.image_io import write_labels
+
+    images, masks = tmp_path / "synth" / "images", tmp_path / "synth" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    for k in range(3):
+        cy, cx = rng.integers(16, 48, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < 100).astype(np.uint8)
+        img = (40 + 150 * mask + rng.normal(0, 8, mask.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(images / f"s{k}.png")
+        write_labels(masks / f"s{k}.png", mask)
+    return images, masks
+
+
+def _train_and_record_status(widget, qtbot) -> list[str]:
+    """Run the widget's training to its end; the status after each event."""
+    seen: list[str] = []
+    on_event = widget._on_event
+
+    def recorded(ev) -> None:
+        on_event(ev)
+        seen.append(str(widget.status.value))
+
+    widget._on_event = recorded  # start() hands this to the worker's events
+    widget.epochs.value = 1
+    widget.live_preview.value = False
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.start_button.enabled, timeout=1e5)
+    assert widget.runner.error is None, widget.status.value
+    return seen
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_synthetic_share_mixes_them_in_and_records_them(widget, qtbot, synthetic_folders):
+    from napari_segen.models import read_spec
+
+    images, masks = synthetic_folders
+    widget.synthetic_images.value = images
+    widget.synthetic_masks.value = masks
+    widget.synthetic_share.value = 0.3
+    _train_and_record_status(widget, qtbot)
+    prov = read_spec(widget.last_model_path).provenance
+    # the same record as napari-segen train --synthetic-share 0.3 writes
+    syn = prov["synthetic"]
+    assert set(syn) == {"images", "masks", "mode", "count", "share", "crop_share"}
+    assert syn["images"] == str(images) and syn["masks"] == str(masks)
+    assert syn["mode"] == "mix" and syn["share"] == 0.3 and syn["count"] == 3
+    assert prov["source"] == "napari Train widget" and "stage" not in prov
+    assert "mixing 3 synthetic pair(s)" in widget.status.value
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_synthetic_pretrain_runs_two_stages(widget, qtbot, tmp_path, synthetic_folders):
+    import napari_segen.widgets.train_widget as tw
+    from napari_segen.models import read_spec
+
+    images, masks = synthetic_folders
+    widget.synthetic_images.value = images
+    widget.synthetic_masks.value = masks
+    widget.synthetic_pretrain.value = True
+    seen = _train_and_record_status(widget, qtbot)
+    out = tmp_path / "retrained.safetensors"
+    first = tmp_path / "retrained.pretrain.safetensors"
+    assert first.is_file() and out.is_file() and widget.last_model_path == out
+    # the status says which stage runs
+    assert any(s.startswith("stage 1 of 2") for s in seen)
+    assert any(s.startswith("stage 2 of 2") for s in seen)
+    p1, p2 = read_spec(first).provenance, read_spec(out).provenance
+    assert p1["stage"] == "synthetic pretrain (1 of 2)" and p1["synthetic"]["mode"] == "pretrain"
+    assert p2["stage"] == "fine-tune (2 of 2)"
+    assert p2["synthetic"]["pretrained_model"] == str(first)
+    assert p2["synthetic"]["images"] == str(images) and "pretrain_best" in p2["synthetic"]
+    assert str(first) in widget.status.value  # the final status names the stage-1 model
+    # stage 2's steps follow stage 1's in the plot
+    assert widget.history["step"] == sorted(widget.history["step"])
+    # again into the same file, its stage-1 model still there: refused before anything starts
+    out.unlink()
+    widget.out_path.value = out
+    shown: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tw, "show_error", shown.append)
+        widget.start()
+    assert len(shown) == 1 and "\n" not in shown[0] and not widget.runner.running
+    assert "pre-training model) already exists" in shown[0] and "Overwrite" in shown[0]
+
+
+def test_bad_synthetic_input_is_one_line_and_starts_nothing(
+    widget, monkeypatch, tmp_path, synthetic_folders
+):
+    import napari_segen.widgets.train_widget as tw
+    from napari_segen.training.assembly import MAX_SYNTHETIC_SHARE
+
+    shown: list[str] = []
+    monkeypatch.setattr(tw, "show_error", shown.append)
+    images, masks = synthetic_folders
+    widget.synthetic_images.value = images  # the masks folder is missing
+    widget.synthetic_share.value = 0.3
+    widget.start()
+    assert len(shown) == 1 and "\n" not in shown[0]
+    assert "choose the synthetic masks folder" in shown[0] and "Advanced settings" in shown[0]
+    assert not widget.runner.running and widget.runner.worker is None
+    (tmp_path / "empty").mkdir()
+    widget.synthetic_masks.value = tmp_path / "empty"  # a folder without images
+    widget.start()
+    assert "synthetic masks folder" in shown[1] and "no image files" in shown[1]
+    widget.synthetic_masks.value = masks
+    widget.synthetic_pretrain.value = True  # pre-training with a share: which one?
+    widget.start()
+    assert "set 'Synthetic share' to 0" in shown[2]
+    assert widget.runner.worker is None and len(shown) == 3
+    assert widget.synthetic_share.max == MAX_SYNTHETIC_SHARE  # more cannot be typed
+
+
+def test_synthetic_settings_are_folded_and_off_by_default(widget, synthetic_folders):
+    from napari_segen.data.conventions import SYNTHETIC_MIXING_NOTE
+    from napari_segen.widgets.train_widget import SYNTHETIC_UNUSED
+
+    section = widget.advanced_section
+    assert not section.isExpanded()
+    new = (widget.synthetic_images, widget.synthetic_masks, widget.synthetic_share,
+           widget.synthetic_pretrain)  # fmt: skip
+    for w in new:
+        assert section.isAncestorOf(w.native)
+    assert widget.synthetic_share.value == 0 and not widget.synthetic_pretrain.value
+    assert SYNTHETIC_MIXING_NOTE in widget.synthetic_share.tooltip
+    assert widget.build_job().synthetic is None
+    # folders chosen, share 0, no pre-training: not used, and the status says so
+    widget.synthetic_images.value, widget.synthetic_masks.value = synthetic_folders
+    assert widget.status.value == SYNTHETIC_UNUSED
+    job = widget.build_job()
+    assert job.synthetic is None and SYNTHETIC_UNUSED in job.notes
+    widget.synthetic_share.value = 0.2
+    assert widget.status.value == "" and widget.build_job().synthetic.mode == "mix"
+
+
+def test_pretrain_checks_both_outputs_before_stage_one(tiny_unet, tmp_path):
+    """The core of two-stage training refuses an existing final model before training."""
+    from napari_segen.data.datasets import LabeledImage
+    from napari_segen.training.assembly import PairsSource, SyntheticData, assemble_segmentation
+    from napari_segen.training.synthetic_pretrain import pretrain_then_fine_tune
+    from napari_segen.utils.atomic import OverwriteError
+    from napari_segen.utils.generators import drive
+
+    rng = np.random.default_rng(0)
+    pairs = [
+        LabeledImage(
+            rng.random((32, 32), np.float32), (rng.random((32, 32)) > 0.5).astype(np.int64)
+        )
+        for _ in range(3)
+    ]
+    run = drive(
+        assemble_segmentation(
+            [PairsSource(pairs)], start=tiny_unet, val_fraction=0.34,
+            synthetic=SyntheticData(PairsSource(pairs, name="synth"), 0.0, "pretrain"),
+        )
+    )  # fmt: skip
+    assert len(run.pretrain) == 3
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"")
+    gen = pretrain_then_fine_tune(run, out)
+    with pytest.raises(OverwriteError):
+        next(gen)  # before the "stage 1 of 2" event
+    assert not (tmp_path / "m.pretrain.safetensors").exists()

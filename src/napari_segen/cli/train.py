@@ -288,23 +288,34 @@ def _run(args, dist_info) -> int:
         **(assembled.start.provenance if args.resume else {}),
         **assembled.provenance,
     }
-    start = assembled.start
+    training = f"training on {len(assembled.train)} image(s), validating on {len(assembled.val)}"
     if assembled.pretrain:
-        start, provenance = _pretrain(args, assembled, cfg, provenance, say)
-    say(f"training on {len(assembled.train)} image(s), validating on {len(assembled.val)}")
-    gen = train_segmentation(
-        assembled.train,
-        assembled.val,
-        args.out,
-        start=start,
-        config=cfg,
-        overwrite=args.overwrite,
-        provenance=provenance,
-        rank=rank,
-        world_size=world,
-        resume=args.resume,
-    )
-    result = _drive(gen, args.quiet or not main_rank, main_rank)
+        from ..training.synthetic_pretrain import pretrain_then_fine_tune
+
+        def on_stage(ev) -> None:
+            say(ev.message)
+            if ev.stage == ev.stages:
+                say(training)
+
+        gen = pretrain_then_fine_tune(
+            assembled, args.out, config=cfg, overwrite=args.overwrite, provenance=provenance
+        )
+        result = _drive(gen, args.quiet, True, on_stage)
+    else:
+        say(training)
+        gen = train_segmentation(
+            assembled.train,
+            assembled.val,
+            args.out,
+            start=assembled.start,
+            config=cfg,
+            overwrite=args.overwrite,
+            provenance=provenance,
+            rank=rank,
+            world_size=world,
+            resume=args.resume,
+        )
+        result = _drive(gen, args.quiet or not main_rank, main_rank)
     if main_rank and result.still_improving:
         say(still_improving_message(result, args.out))
     if main_rank:
@@ -324,64 +335,49 @@ def _run(args, dist_info) -> int:
 
 def pretrain_path(out: str):
     """Where ``--synthetic-pretrain`` writes the model of its first stage."""
-    from pathlib import Path
+    from ..training.synthetic_pretrain import pretrain_path as first_stage_path
 
-    out = Path(out)
-    return out.with_name(f"{out.stem}.pretrain{out.suffix or '.safetensors'}")
-
-
-def _pretrain(args, assembled, cfg, provenance: dict, say):
-    """Stage 1 of ``--synthetic-pretrain``: the same trainer on the synthetic pairs alone
-    (validated on the real validation pairs). Returns the start model of stage 2 and
-    stage 2's provenance."""
-    from ..models.model_file import load_model
-    from ..training import train_segmentation
-    from ..utils.atomic import plan_outputs
-
-    first = pretrain_path(args.out)
-    plan_outputs(  # both stages' files checked before stage 1 starts
-        [(first, "the synthetic pre-training model"), (args.out, "the model")],
-        overwrite=args.overwrite,
-    )
-    say(f"stage 1 of 2: pre-training on {len(assembled.pretrain)} synthetic pair(s) -> {first}")
-    stage1 = {**provenance, "stage": "synthetic pretrain (1 of 2)"}
-    gen = train_segmentation(
-        assembled.pretrain, assembled.val, first, start=assembled.start, config=cfg,
-        overwrite=args.overwrite, provenance=stage1, save_last=False,
-    )  # fmt: skip
-    result = _drive(gen, args.quiet, True)
-    start = load_model(result.path) if result.path is not None else result.model
-    say(f"stage 2 of 2: fine-tuning the pre-trained model on the real pairs -> {args.out}")
-    synthetic = {**provenance.get("synthetic", {}), "pretrained_model": str(first),
-                 "pretrain_best": result.best_metrics.get("foreground_dice")}  # fmt: skip
-    return start, {**provenance, "synthetic": synthetic, "stage": "fine-tune (2 of 2)"}
+    return first_stage_path(out)
 
 
-def _drive(gen, quiet: bool, main_rank: bool):
-    """Run a training generator to its end with a progress bar and one line per epoch."""
-    bar = progress_bar(None, "training", quiet)
+def _drive(gen, quiet: bool, main_rank: bool, on_stage=None):
+    """Run a training generator to its end with a progress bar and one line per epoch.
+
+    A two-stage run (``--synthetic-pretrain``) gets a bar per stage; its stage-start
+    events go to ``on_stage`` first, printed before that stage's bar."""
+    bars: list = [] if on_stage is not None else [progress_bar(None, "training", quiet)]
+
+    def _report(ev) -> None:
+        if getattr(ev, "stage", None) is not None and on_stage is not None:
+            for old in bars:
+                old.close()
+            on_stage(ev)
+            bars[:] = [progress_bar(None, "training", quiet)]
+            return
+        if not bars:
+            return
+        bar = bars[0]
+        if ev.kind == "step":
+            bar.total = ev.total_steps
+            bar.n = ev.step
+            bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.3f}", refresh=True)
+        elif ev.kind == "epoch" and main_rank:
+            m = ev.metrics
+            line = f"epoch {ev.epoch:3d}  loss {m['loss']:.4f}"
+            if "foreground_dice" in m:
+                line += (
+                    f"  val dice {m['foreground_dice']:.4f}  mIoU {m['mean_iou']:.4f}"
+                    f"  acc {m['pixel_accuracy']:.4f}"
+                )
+            bar.write(line)
+        elif ev.kind == "saved" and main_rank:
+            bar.write(f"  saved best model -> {ev.message}")
+
     try:
-
-        def _report(ev) -> None:
-            if ev.kind == "step":
-                bar.total = ev.total_steps
-                bar.n = ev.step
-                bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.3f}", refresh=True)
-            elif ev.kind == "epoch" and main_rank:
-                m = ev.metrics
-                line = f"epoch {ev.epoch:3d}  loss {m['loss']:.4f}"
-                if "foreground_dice" in m:
-                    line += (
-                        f"  val dice {m['foreground_dice']:.4f}  mIoU {m['mean_iou']:.4f}"
-                        f"  acc {m['pixel_accuracy']:.4f}"
-                    )
-                bar.write(line)
-            elif ev.kind == "saved" and main_rank:
-                bar.write(f"  saved best model -> {ev.message}")
-
         return drive(gen, _report)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def still_improving_message(result, out: str) -> str:

@@ -41,6 +41,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from ..data.augment import AugmentConfig
+from ..data.conventions import SYNTHETIC_MIXING_NOTE
 from ..data.corrections import (
     CHANGED_WEIGHT,
     PSEUDO_WEIGHT,
@@ -49,20 +50,24 @@ from ..data.corrections import (
     correction_pairs,
     with_replay,
 )
+from ..data.image_io import IMAGE_SUFFIXES
 from ..data.sources import DENSE, SPARSE
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
 from ..training.assembly import (
     DEFAULT_START,
     MASKS_ARE,
+    MAX_SYNTHETIC_SHARE,
     ArraySource,
     FolderSource,
     NewModel,
     Source,
     SourcePairs,
     StartModel,
+    SyntheticData,
     assemble_segmentation,
 )
+from ..training.synthetic_pretrain import StageStarted, pretrain_path, pretrain_then_fine_tune
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import (
@@ -93,6 +98,12 @@ FINE_TUNE_MINUTES = 1.0
 #: default U-Net takes 1-3 s on a CPU; previews are spaced to cost at most ~1/4 of the time).
 PREVIEW_WHOLE = 512
 PREVIEW_MAX_SIDE = 512
+_SYNTHETIC_PRETRAIN_TEXT = "Pre-train on synthetic, then fine-tune on real"
+#: The status when synthetic folders are chosen but nothing asks for them.
+SYNTHETIC_UNUSED = (
+    "the synthetic folders are not used: 'Synthetic share' is 0 and pre-training is off "
+    "(raise the share or tick 'Pre-train on synthetic' under Advanced settings to use them)"
+)
 
 
 @dataclass
@@ -112,10 +123,11 @@ class TrainJob:
     config: TrainConfig
     masks_are: str = "auto"
     class_names: list[str] | None = None  # new names for the start model's classes (or more)
-    notes: list[str] = field(default_factory=list)  # what the assembly said (worker fills it)
+    notes: list[str] = field(default_factory=list)  # the form's, then the assembly's (worker)
     replay: FolderSource | None = None  # the model's old training data: trains only
     replay_share: float = 0.5  # of the training crops
     preview: LivePreview | None = None
+    synthetic: SyntheticData | None = None  # mixed in, or pre-trained on ("pretrain")
 
     @property
     def name(self) -> str:
@@ -143,22 +155,29 @@ def run_training_job(job: TrainJob) -> Generator[Progress | TrainEvent, None, Tr
         seed=job.config.seed or 0,
         masks_are=job.masks_are,
         class_names=job.class_names,
+        synthetic=job.synthetic,
     )
-    job.notes = list(run.notes)
+    job.notes = [*job.notes, *run.notes]
     if isinstance(job.layers, CorrectionSource):
         job.notes.append(job.layers.note())
     if job.replay is not None:
         run.train = yield from _read_replay(run.train, job.replay, job.replay_share)
         run.provenance["replay"] = job.replay.describe()
-    training = train_segmentation(
-        run.train,
-        run.val,
-        job.out_path,
-        start=run.start,
-        config=job.config,
-        overwrite=job.overwrite,
-        provenance={"source": "napari Train widget", **run.provenance},
-    )
+    provenance = {"source": "napari Train widget", **run.provenance}
+    if run.pretrain:  # two stages, as napari-segen train --synthetic-pretrain
+        training = pretrain_then_fine_tune(
+            run, job.out_path, config=job.config, overwrite=job.overwrite, provenance=provenance
+        )
+    else:
+        training = train_segmentation(
+            run.train,
+            run.val,
+            job.out_path,
+            start=run.start,
+            config=job.config,
+            overwrite=job.overwrite,
+            provenance=provenance,
+        )
     result = yield from with_previews(training, job.preview)
     return result
 
@@ -228,6 +247,26 @@ class TrainWidget(Container):
         )
         self.lr = FloatSpinBox(label="Learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
         self.lr.native.setDecimals(6)
+        self.synthetic_images = FileEdit(label="Synthetic images", mode="d")
+        self.synthetic_images.tooltip = (
+            "optional: a folder of synthetic images (e.g. the Synthesize widget's export); "
+            "they train only, never validated on"
+        )
+        self.synthetic_masks = FileEdit(label="Synthetic masks", mode="d")
+        self.synthetic_masks.tooltip = "the folder of their masks, named like the images"
+        self.synthetic_share = FloatSpinBox(
+            label="Synthetic share", value=0.0, min=0.0, max=MAX_SYNTHETIC_SHARE, step=0.05
+        )
+        self.synthetic_share.tooltip = (
+            f"most of the training crops the synthetic pairs may get, 0 to "
+            f"{MAX_SYNTHETIC_SHARE:g}; 0 (the default) does not use them: {SYNTHETIC_MIXING_NOTE}"
+        )
+        self.synthetic_pretrain = CheckBox(text=_SYNTHETIC_PRETRAIN_TEXT)
+        self.synthetic_pretrain.tooltip = (
+            "train on the synthetic pairs alone first (validated on the real validation "
+            "pairs; that model is written to <name>.pretrain.safetensors), then fine-tune it "
+            "on the real pairs into 'Save model as' (leave 'Synthetic share' at 0)"
+        )
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
         self.out_path = FileEdit(label="Save model as", mode="w", filter="*.safetensors")
         self.overwrite = CheckBox(text="Overwrite an existing model file")
@@ -249,8 +288,13 @@ class TrainWidget(Container):
         self._fix_status_size()
         # Settings rarely changed stay folded (STYLE 14: forms that stay small), above Train.
         self.advanced_section = collapsible(
-            "Advanced settings", [self.masks_are, self.class_names, self.val_split, self.lr]
-        )
+            "Advanced settings",
+            [
+                self.masks_are, self.class_names, self.val_split, self.lr,
+                self.synthetic_images, self.synthetic_masks, self.synthetic_share,
+                self.synthetic_pretrain,
+            ],
+        )  # fmt: skip
         self._insert_above_train(self.advanced_section)
         self._add_corrections_section()
         make_scrollable(self)  # docking never grows the window
@@ -269,6 +313,11 @@ class TrainWidget(Container):
         for w in (self.class_names, self.mode, self.start_model, self.start_file):
             w.changed.connect(self.update_legend)
         self.labels_layer.changed.connect(self._follow_labels_colors)
+        for w in (self.synthetic_images, self.synthetic_masks, self.synthetic_share,
+                  self.synthetic_pretrain):  # fmt: skip
+            w.changed.connect(self._on_synthetic_changed)
+        self._stage = ""  # "stage 1 of 2" while a synthetic pre-training run goes on
+        self._step_offset = 0  # stage 2's steps follow stage 1's in the plot
         self._on_image_changed(self.image_layer.value)
         self._follow_labels_colors(self.labels_layer.value)
 
@@ -299,6 +348,55 @@ class TrainWidget(Container):
 
     def _on_start_changed(self, value: str) -> None:
         self.start_file.visible = value == _FILE_CHOICE
+
+    def _on_synthetic_changed(self, *_: Any) -> None:
+        """Say in the status when synthetic folders are chosen that the run would not use."""
+        if self.runner.running:
+            return
+        if self._synthetic_unused():
+            self.status.value = SYNTHETIC_UNUSED
+        elif self.status.value == SYNTHETIC_UNUSED:
+            self.status.value = ""
+
+    def _synthetic_unused(self) -> bool:
+        folders = _folder_text(self.synthetic_images) or _folder_text(self.synthetic_masks)
+        off = self.synthetic_share.value == 0 and not self.synthetic_pretrain.value
+        return bool(folders) and off
+
+    def synthetic_choice(self) -> SyntheticData | None:
+        """The synthetic pairs the form asks for (None: not used); ValueError says what is
+        wrong and what to do. The same rules as ``napari-segen train --synthetic-*``."""
+        images, masks = _folder_text(self.synthetic_images), _folder_text(self.synthetic_masks)
+        share, pretrain = float(self.synthetic_share.value), bool(self.synthetic_pretrain.value)
+        where = "under Advanced settings"
+        if not (images or masks):
+            if share or pretrain:
+                raise ValueError(
+                    "'Synthetic share' and pre-training need the synthetic images and masks "
+                    f"folders; choose both {where}, or set the share to 0 and untick pre-training"
+                )
+            return None
+        if not (images and masks):
+            missing = "masks" if images else "images"
+            raise ValueError(
+                f"choose the synthetic {missing} folder too {where}, or clear both folders"
+            )
+        if not 0 <= share <= MAX_SYNTHETIC_SHARE:
+            raise ValueError(
+                f"'Synthetic share' {share:g} is out of range: give 0 to {MAX_SYNTHETIC_SHARE:g} "
+                "(more synthetic than real crops trains on the generator's look)"
+            )
+        if pretrain and share:
+            raise ValueError(
+                "pre-training uses the synthetic pairs on their own first: set 'Synthetic "
+                "share' to 0, or untick pre-training to mix them in"
+            )
+        if not pretrain and share == 0:
+            return None
+        for what, folder in (("images", images), ("masks", masks)):
+            _check_image_folder(f"synthetic {what}", Path(folder))
+        mode = "pretrain" if pretrain else "mix"
+        return SyntheticData(FolderSource(Path(images), Path(masks)), share, mode)
 
     def _on_out_edited(self, *_: Any) -> None:
         if not getattr(self, "_setting_out", False):
@@ -469,6 +567,14 @@ class TrainWidget(Container):
             if not (images_dir.is_dir() and masks_dir.is_dir()):
                 raise ValueError("choose both the images folder and the masks folder")
             folders = FolderSource(images_dir, masks_dir, sparse=mode == SPARSE)
+        synthetic = self.synthetic_choice()
+        first = pretrain_path(out)
+        pretrain = synthetic is not None and synthetic.mode == "pretrain"
+        if pretrain and first.exists() and not self.overwrite.value:
+            raise ValueError(
+                f"{first} (the pre-training model) already exists; choose another file "
+                "name or tick 'Overwrite'"
+            )
         minutes = self.max_minutes.value
         cfg = TrainConfig(
             epochs=self.epochs.value,
@@ -498,7 +604,10 @@ class TrainWidget(Container):
             config=cfg,
             masks_are=str(self.masks_are.value),
             class_names=_parse_class_names(str(self.class_names.value)),
+            synthetic=synthetic,
         )
+        if self._synthetic_unused():
+            job.notes.append(SYNTHETIC_UNUSED)
         return self._finish_job(job, lab_layer)
 
     def start(self, *_: Any) -> None:
@@ -515,8 +624,9 @@ class TrainWidget(Container):
         self.history = {"step": [], "loss": [], "val_step": [], "dice": []}
         self._plot_dirty = True
         self._job = job
+        self._stage, self._step_offset = "", 0
         self._start_preview(job)
-        self.status.value = f"training on {job.name}..."
+        self.status.value = "; ".join([f"training on {job.name}...", *job.notes])
         self.runner.start(
             run_training_job,
             job,
@@ -534,22 +644,27 @@ class TrainWidget(Container):
     def _on_event(self, ev: Progress | TrainEvent) -> None:
         # GUI thread: keep this cheap; the plot is redrawn by the timer.
         kind = getattr(ev, "kind", "status")  # assembling the run yields plain Progress
-        if kind == "step":
-            self.history["step"].append(ev.step)
+        stage = f"{self._stage}: " if self._stage else ""
+        if isinstance(ev, StageStarted):  # synthetic pre-training, then fine-tuning
+            self._stage = f"stage {ev.stage} of {ev.stages}"
+            self._step_offset = self.history["step"][-1] if self.history["step"] else 0
+            self.status.value = ev.message
+        elif kind == "step":
+            self.history["step"].append(self._step_offset + ev.step)
             self.history["loss"].append(ev.loss)
             self._plot_dirty = True
             now = time.monotonic()
             if now - getattr(self, "_last_status", 0.0) > 0.25:
                 self._last_status = now
                 self.status.value = (
-                    f"epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, loss {ev.loss:.3f}"
+                    f"{stage}epoch {ev.epoch}, step {ev.step}/{ev.total_steps}, loss {ev.loss:.3f}"
                 )
         elif kind == "epoch":
             m = ev.metrics
-            text = f"epoch {ev.epoch}: loss {m.get('loss', float('nan')):.3f}"
+            text = f"{stage}epoch {ev.epoch}: loss {m.get('loss', float('nan')):.3f}"
             dice = m.get("foreground_dice")
             if dice is not None:
-                self.history["val_step"].append(ev.step)
+                self.history["val_step"].append(self._step_offset + ev.step)
                 self.history["dice"].append(dice)
                 text += f", validation Dice {dice:.3f}"
             self.status.value = text
@@ -565,7 +680,10 @@ class TrainWidget(Container):
             self._adopt_model(Path(result.path))
         dice = result.best_metrics.get("foreground_dice")
         best = f", best validation Dice {dice:.3f}" if dice is not None else ""
-        notes = list(getattr(getattr(self, "_job", None), "notes", []))
+        job = getattr(self, "_job", None)
+        notes = list(getattr(job, "notes", []))
+        if self._stage and job is not None:
+            notes.append(f"the pre-trained model (stage 1) is {pretrain_path(job.out_path)}")
         if result.still_improving:
             notes.append(
                 "validation was still improving at the last epoch: train longer "
@@ -582,9 +700,15 @@ class TrainWidget(Container):
         self._follow_camera(False)
         job = getattr(self, "_job", None)
         if self.runner.cancelled and job is not None:
+            first = pretrain_path(job.out_path)
             if job.out_path.is_file():
                 self._adopt_model(job.out_path)
                 self.status.value = f"cancelled; the best model so far is {job.out_path}"
+            elif self._stage and first.is_file():  # synthetic pre-training ran
+                self.status.value = (
+                    f"cancelled in {self._stage} before a fine-tuned model was saved; "
+                    f"the pre-trained model is {first}"
+                )
             else:
                 self.status.value = "cancelled before the first epoch ended; nothing was saved"
 
@@ -1114,6 +1238,24 @@ def _label_color(layer: Any, value: int, spec: Any, index: int) -> str | None:
     if rgba is None or float(rgba[3]) == 0:
         return None
     return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
+
+
+def _folder_text(edit: FileEdit) -> str:
+    """The folder typed or chosen in ``edit`` ("" when empty: its value would be ``.``)."""
+    return str(edit.line_edit.value).strip()
+
+
+def _check_image_folder(what: str, folder: Path) -> None:
+    """ValueError unless ``folder`` is a folder holding image files (a cheap listing)."""
+    if not folder.is_dir():
+        raise ValueError(f"the {what} folder {folder} does not exist; choose an existing folder")
+    if not any(
+        f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") for f in folder.iterdir()
+    ):
+        raise ValueError(
+            f"the {what} folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+            "choose the folder the synthetic pairs were exported to"
+        )
 
 
 def _parse_class_names(text: str) -> list[str] | None:
