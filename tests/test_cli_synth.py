@@ -355,3 +355,68 @@ def test_generate_with_the_bundled_generator(tmp_path):
     img = np.asarray(Image.open(out / "m.png"), float)
     assert img.shape == (128, 128)
     assert img[mask == 0].mean() < img[mask == 255].mean() - 20
+
+
+def _membrane_mask_dir(tmp_path):
+    """One 64x64 ISBI-style mask (0/1 classes: cell interior, membrane) in a folder."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[30:34] = 1
+    mask[:, 20:24] = 1
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "m.png")
+    return tmp_path / "masks"
+
+
+def test_generate_noise_strength(tmp_path):
+    """--noise-strength 0: the bundled (noise) generator's noise-free drawing, whatever the
+    seed; the same seed at strength 1 draws another image."""
+    masks = _membrane_mask_dir(tmp_path)
+    base = ["synth", "generate", str(masks), "--model", "default", "--device", "cpu", "--quiet"]
+    runs = {"s1": [], "s0": ["--noise-strength", "0"],
+            "s0b": ["--noise-strength", "0", "--seed", "5"]}  # fmt: skip
+    images = {}
+    for name, flags in runs.items():
+        assert main([*base, *flags, "--out", str(tmp_path / name)]) == 0
+        images[name] = np.asarray(Image.open(tmp_path / name / "m.png"))
+    assert not np.array_equal(images["s1"], images["s0"])
+    np.testing.assert_array_equal(images["s0"], images["s0b"])
+
+
+@pytest.mark.parametrize("action", ["generate", "export"])
+def test_negative_noise_strength_is_one_line(action, tmp_path, capsys):
+    masks = _membrane_mask_dir(tmp_path)
+    out = tmp_path / "out"
+    args = ["synth", action, "--model", "default", "--noise-strength", "-1", "--out", str(out)]
+    args += [str(masks)] if action == "generate" else ["--masks", str(masks), "--n", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--noise-strength" in err and ">= 0" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_export_noise_strength_and_filter(tmp_path, capsys):
+    """export takes --noise-strength too, and a non-segmentation filter model is one line."""
+    masks = _membrane_mask_dir(tmp_path)
+    base = ["synth", "export", "--masks", str(masks), "--model", "default", "--n", "1",
+            "--no-flips", "--no-rot90", "--scale", "1", "1", "--elastic-alpha", "0",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    for name, flags in (("s0", ["--noise-strength", "0"]), ("s1", [])):
+        assert main([*base, *flags, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+
+    def read(name):
+        return np.asarray(Image.open(tmp_path / name / "images" / "synth_0000.png"))
+
+    assert not np.array_equal(read("s0"), read("s1"))
+    generated = tmp_path / "gen0"
+    gen = ["synth", "generate", str(masks), "--model", "default", "--device", "cpu", "--quiet"]
+    assert main([*gen, "--noise-strength", "0", "--out", str(generated)]) == 0
+    np.testing.assert_array_equal(read("s0"), np.asarray(Image.open(generated / "m.png")))
+    capsys.readouterr()
+    from napari_segen.models import default_generator_path
+
+    bad = [*base, "--filter-model", str(default_generator_path()), "--out", str(tmp_path / "f")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs a segmentation model" in err
+    assert not (tmp_path / "f").exists()

@@ -197,3 +197,106 @@ def test_advanced_settings_fold_sits_above_train(widget):
     train = next(i for i, x in enumerate(items) if x is not None and (
         x is w.train_button.native or x.isAncestorOf(w.train_button.native)))  # fmt: skip
     assert section == train - 1
+
+
+def _score_rows(path) -> list[dict]:
+    import csv
+
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_export_with_the_quality_filter(widget, qtbot, tmp_path):
+    """The bundled segmentation model scores the bundled generator's pairs in the export's
+    task: Min Dice 0 keeps all, 1 (a perfect prediction) drops what is not perfect; the
+    files left in images/ are the kept rows of scores.csv, and the status says so."""
+    from napari_segen.models import default_generator_path
+    from napari_segen.widgets._model_catalog import DEFAULT_CHOICE
+
+    _, w = widget
+    assert str(w.model_path.value) == str(default_generator_path())
+    # folded under Export, so the dock does not grow
+    for field in (w.filter_model, w.filter_file, w.min_dice):
+        assert w.filter_section.form.native.isAncestorOf(field.native)
+    assert w.filter_model.value.startswith("off") and w.min_dice.value == 0.7
+    out = tmp_path / "filtered"
+    w.n_pairs.value = 3
+    w.export_dir.value = out
+    w.filter_model.value = DEFAULT_CHOICE
+    w.min_dice.value = 0.0
+    events = []
+    w.export()
+    w.runner.worker.yielded.connect(events.append)
+    _wait(qtbot, w)
+    assert w.last_filter is not None and len(w.last_filter.kept) == 3
+    assert "kept 3 of 3" in w.status.value and str(out / "scores.csv") in w.status.value
+    assert max(e.total for e in events) == 6  # one task: 3 exported, then 3 scored
+    assert len(_score_rows(out / "scores.csv")) == 3
+
+    w.min_dice.value = 1.0
+    w.export()  # pairs and scores.csv exist: refused without overwrite, nothing changed
+    _wait(qtbot, w)
+    assert w.runner.error is not None and "already exist" in w.status.value
+    assert len(_score_rows(out / "scores.csv")) == 3
+    w.export_overwrite.value = True
+    w.export()
+    _wait(qtbot, w)
+    rows = _score_rows(out / "scores.csv")
+    kept = sorted(r["name"] for r in rows if r["kept"] == "1")
+    assert len(rows) == 3 and all(float(r["dice"]) < 1 for r in rows if r["kept"] == "0")
+    assert sorted(p.name for p in (out / "images").iterdir()) == kept
+    assert len(list((out / "masks").iterdir())) == len(kept)
+    assert f"kept {len(kept)} of 3" in w.status.value
+    assert kept == []  # no prediction of a synthetic image is perfect
+    assert "dropped 3" in w.status.value
+
+
+def test_filter_model_must_segment(widget, monkeypatch, tmp_path):
+    import napari_segen.widgets.synth_widget as mod
+    from napari_segen.models import default_generator_path
+
+    _, w = widget
+    errors = []
+    monkeypatch.setattr(mod, "show_error", errors.append)
+    w.export_dir.value = tmp_path / "pairs"
+    w.filter_model.value = mod.FILTER_FILE
+    assert not w.filter_file.native.isHidden()
+    w.filter_file.value = default_generator_path()  # a generator, not a segmentation model
+    w.export()
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert "needs a segmentation model" in errors[0]
+    assert not w.runner.running and not (tmp_path / "pairs").exists()
+    w.filter_model.value = mod.FILTER_OFF
+    assert w.filter_file.native.isHidden()
+
+
+def test_texture_strength_reaches_generate_and_export(widget, qtbot, tmp_path):
+    from PIL import Image
+
+    from napari_segen.synthesis import generate_image, load_generator
+
+    viewer, w = widget
+    labels = viewer.layers["blobs labels"].data
+    model = load_generator(w.generator_path())
+    core_zero = generate_image(model, labels, device="cpu", seed=0, noise_strength=0.0)
+    assert (w.texture_strength.value, w.texture_strength.min, w.texture_strength.max,
+            w.texture_strength.step) == (1.0, 0.0, 2.0, 0.25)  # fmt: skip
+    w.generate()
+    _wait(qtbot, w)
+    as_trained = viewer.layers["blobs labels synthetic"].data.copy()
+    w.texture_strength.value = 0.0
+    w.generate()
+    _wait(qtbot, w)
+    drawn = viewer.layers["blobs labels synthetic"].data
+    np.testing.assert_array_equal(drawn, core_zero)
+    assert not np.array_equal(as_trained, core_zero)
+    # export draws with it too (from a randomly transformed mask: the core draws from that)
+    w.n_pairs.value = 1
+    w.export_dir.value = tmp_path / "pairs"
+    w.export()
+    _wait(qtbot, w)
+    mask = np.asarray(Image.open(tmp_path / "pairs" / "masks" / "synth_0000.png"))
+    image = np.asarray(Image.open(tmp_path / "pairs" / "images" / "synth_0000.png"))
+    np.testing.assert_array_equal(
+        image, generate_image(model, mask, device="cpu", seed=0, noise_strength=0.0)
+    )

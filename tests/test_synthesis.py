@@ -309,3 +309,80 @@ def test_quality_readout(trained):
     # the one renderer of quality results (CLI, widgets) reads it
     text = format_quality_report(q)
     assert text.splitlines()[0].startswith("SSIM") and "(n=3)" in text and "FID" not in text
+
+
+# --- texture strength and export + filter as one task ----------------------------------------
+def _membrane_labels(size: int = 64) -> np.ndarray:
+    """ISBI-style classes for the bundled generator: 0 = cell interior, 1 = membrane."""
+    labels = np.zeros((size, size), np.int64)
+    labels[size // 2 - 2 : size // 2 + 2] = 1
+    labels[:, size // 3 - 2 : size // 3 + 2] = 1
+    return labels
+
+
+@pytest.fixture(scope="module")
+def bundled_generator():
+    from napari_segen.models import default_generator_path
+
+    return load_generator(default_generator_path())
+
+
+_AS_IS = MaskTransformConfig(flips=False, rot90=False, scale_range=(1, 1), elastic_alpha=0)
+
+
+def test_noise_strength_reaches_generation_and_export(bundled_generator, tmp_path):
+    from PIL import Image
+
+    model, labels = bundled_generator, _membrane_labels()
+    one = drive(iter_generate(model, labels, device="cpu", seed=3))
+    zero = drive(iter_generate(model, labels, device="cpu", seed=3, noise_strength=0))
+    assert not np.array_equal(one, zero)  # the bundled generator draws with noise
+    # strength 0 is the noise-free drawing: the same for any seed
+    np.testing.assert_array_equal(
+        zero, drive(iter_generate(model, labels, device="cpu", seed=8, noise_strength=0.0))
+    )
+    for strength, expected in ((1.0, one), (0.0, zero)):
+        out = tmp_path / f"s{strength:g}"
+        export_pairs(model, [labels], out, 1, transform=_AS_IS, seed=3, device="cpu",
+                     noise_strength=strength)  # fmt: skip
+        written = np.asarray(Image.open(out / "images" / "synth_0000.png"))
+        np.testing.assert_array_equal(written, expected)
+    with pytest.raises(ValueError, match="noise strength must be >= 0"):
+        export_pairs(model, [labels], tmp_path / "neg", 1, device="cpu", noise_strength=-0.5)
+    assert not (tmp_path / "neg").exists()  # refused before any folder is made
+
+
+def test_export_filtered_checks_first_and_counts_both_phases(
+    bundled_generator, tiny_unet, tmp_path
+):
+    from napari_segen.synthesis.filter import SCORES_NAME, iter_export_filtered, read_scores
+
+    model, labels = bundled_generator, _membrane_labels()
+    events = []
+    res = drive(
+        iter_export_filtered(model, [labels], tmp_path / "all", 2, filter_model=tiny_unet,
+                             min_dice=0.0, transform=_AS_IS, device="cpu"),
+        events.append,
+    )  # fmt: skip
+    # one progress count: 2 exported, then 2 scored
+    assert [(e.done, e.total) for e in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert events[-1].message.startswith("filtering")
+    assert res.count == res.export.count == 2 and res.filter.summary().startswith("kept 2 of 2")
+    assert res.scores_path == tmp_path / "all" / SCORES_NAME
+    assert [s.name for s in read_scores(res.scores_path)] == ["synth_0000.png", "synth_0001.png"]
+    # without a filter: the plain export, no scores
+    plain = drive(iter_export_filtered(model, [labels], tmp_path / "plain", 1, device="cpu"))
+    assert plain.filter is None and plain.count == 1
+    assert not (tmp_path / "plain" / SCORES_NAME).exists()
+    # scores.csv, a generator as filter model, a bad Dice: refused before any pair is written
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / SCORES_NAME).write_text("name,dice,kept,reason\n")
+    with pytest.raises(OverwriteError):
+        drive(iter_export_filtered(model, [labels], tmp_path / "taken", 1, filter_model=tiny_unet))
+    with pytest.raises(ValueError, match="needs a segmentation model"):
+        drive(iter_export_filtered(model, [labels], tmp_path / "gen", 1, filter_model=model))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        drive(iter_export_filtered(model, [labels], tmp_path / "d", 1, filter_model=tiny_unet,
+                                   min_dice=1.5))  # fmt: skip
+    assert not (tmp_path / "taken" / "images").exists() and not (tmp_path / "gen").exists()
+    assert not (tmp_path / "d").exists()

@@ -344,6 +344,15 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stochastic", action="store_true", help="keep dropout on: varied images (pix2pix's noise)"
     )
+    p.add_argument(
+        "--noise-strength",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="scale of the texture noise of a generator trained with --noise: 1 = as trained, "
+        "0 = its noise-free drawing; lower values give smoother images with less grain, "
+        "higher ones more (ignored by generators without noise; default: 1.0)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument(
         "--seed",
@@ -352,6 +361,16 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
         help="random seed; with a generator trained with --noise it picks the texture, "
         "image i getting seed + i (default: 0)",
     )
+
+
+def _noise_strength(args: argparse.Namespace) -> float:
+    """--noise-strength, checked before anything is read or written."""
+    from ..synthesis.generate import check_noise_strength
+
+    try:
+        return check_noise_strength(args.noise_strength)
+    except ValueError as err:
+        raise UserError(f"--noise-strength: {err}") from err
 
 
 def _load_generator(path: str):
@@ -488,6 +507,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..utils.atomic import OverwriteError, ensure_writable_dir, plan_outputs
     from . import SkippedInputs
 
+    noise_strength = _noise_strength(args)
     model = _load_generator(args.model)
     value_map = parse_value_map(args.mask_map)
     files = expand_inputs(args.masks)
@@ -524,6 +544,7 @@ def run_generate(args: argparse.Namespace) -> int:
                         tile_size=args.tile_size,
                         stochastic=args.stochastic,
                         seed=args.seed + i,
+                        noise_strength=noise_strength,
                     ),
                 )
                 write_image(target, image, overwrite=args.overwrite)
@@ -540,9 +561,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..synthesis.generate import iter_export_pairs
+    from ..synthesis.filter import iter_export_filtered
     from ..synthesis.masks import MaskTransformConfig
 
+    noise_strength = _noise_strength(args)
     model = _load_generator(args.model)
     sources = []
     for _, mask in _read_masks(args.masks, args.mask_map):
@@ -560,20 +582,24 @@ def run_export(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from err
     filter_model = _filter_setup(args)
-    bar = progress_bar(args.n, "exporting pairs", args.quiet)
+    desc = "exporting pairs" if filter_model is None else "exporting and filtering pairs"
+    bar = progress_bar(args.n, desc, args.quiet)
     on_event = follow(bar)
 
     try:
         result = drive(
-            iter_export_pairs(
+            iter_export_filtered(
                 model,
                 sources,
                 args.out,
                 args.n,
+                filter_model=filter_model,
+                min_dice=args.min_dice,
                 transform=transform,
                 out_shape=tuple(args.size) if args.size else None,
                 seed=args.seed,
                 stochastic=args.stochastic,
+                noise_strength=noise_strength,
                 tile_size=args.tile_size,
                 device=args.device,
                 prefix=args.prefix,
@@ -583,17 +609,24 @@ def run_export(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    export = result.export
     summary = {
         "pairs": result.count,
-        "images": str(result.images_dir),
-        "masks": str(result.masks_dir),
+        "images": str(export.images_dir),
+        "masks": str(export.masks_dir),
     }
-    if filter_model is not None:
-        summary.update(_filter_export(args, filter_model, result))
+    if result.filter is not None:
+        print(result.filter.summary(), file=sys.stderr)
+        summary.update(
+            exported=export.count,
+            dropped=len(result.filter.dropped),
+            dropped_reasons=result.filter.reasons(),
+            scores=str(result.scores_path),
+        )
     print(
         f"wrote {summary['pairs']} pairs; mix them into a training run with: napari-segen "
-        f"train ... --synthetic-images {result.images_dir} --synthetic-masks "
-        f"{result.masks_dir} --synthetic-share 0.2 (a cap on their share of the crops; check "
+        f"train ... --synthetic-images {export.images_dir} --synthetic-masks "
+        f"{export.masks_dir} --synthetic-share 0.2 (a cap on their share of the crops; check "
         f"held-out Dice with and without them). Note: {SYNTHETIC_MIXING_NOTE}",
         file=sys.stderr,
     )
@@ -602,59 +635,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _filter_setup(args: argparse.Namespace):
-    """The filter's segmentation model, with scores.csv checked before any pair is made."""
+    """The filter's segmentation model (None without --filter-model); the export checks
+    scores.csv before any pair is made."""
     if args.filter_model is None:
         return None
     from ..models.model_file import ModelFileError, load_model
-    from ..utils.atomic import plan_outputs
+    from ..synthesis.filter import check_filter_spec
 
     if not 0 <= args.min_dice <= 1:
         raise UserError(f"--min-dice is a Dice score between 0 and 1, got {args.min_dice}")
-    plan_outputs([(Path(args.out) / "scores.csv", "the filter's scores")], overwrite=args.overwrite)
     try:
         model = load_model(resolve_model_path(args.filter_model))
     except ModelFileError as err:
         raise UserError(f"cannot use {args.filter_model} as the filter model: {err}") from err
-    if model.spec.task != "segmentation":
-        raise UserError(
-            f"{args.filter_model} is a {model.spec.task} model; the filter needs a "
-            "segmentation model (e.g. 'default')"
-        )
-    return model
-
-
-def _filter_export(args: argparse.Namespace, model, result) -> dict:
-    """Score the exported pairs, remove those below --min-dice, write scores.csv."""
-    from ..synthesis.filter import SCORES_NAME, iter_filter_files
-
-    scores = Path(args.out) / SCORES_NAME
-    bar = progress_bar(result.count, "filtering pairs", args.quiet)
-    on_event = follow(bar)
-
     try:
-        filtered = drive(
-            iter_filter_files(
-                model,
-                result.images,
-                result.masks,
-                args.min_dice,
-                scores_path=scores,
-                overwrite=args.overwrite,
-                device=args.device,
-                tile_size=args.tile_size,
-            ),
-            on_event,
-        )
-    finally:
-        bar.close()
-    print(filtered.summary(), file=sys.stderr)
-    return {
-        "pairs": len(filtered.kept),
-        "exported": result.count,
-        "dropped": len(filtered.dropped),
-        "dropped_reasons": filtered.reasons(),
-        "scores": str(scores),
-    }
+        check_filter_spec(model.spec, args.filter_model)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    return model
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -9,6 +9,9 @@ Foreground is every class above 0 (for the bundled ISBI model: membrane).
 This is a filter, not a proof: a model that fails on real images of a kind
 will also drop good synthetic ones of that kind. Check the scores it writes
 (``scores.csv``: name, dice, kept).
+
+:func:`iter_export_filtered` is export and filter as one task, the way the
+``synth export`` command and the Synthesize widget both run it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from collections import Counter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..inference.predict import iter_predict
-from ..models.model_file import LoadedModel
-from ..utils.atomic import atomic_path
-from ..utils.generators import Progress, drive
+from ..models.model_file import LoadedModel, ModelSpec
+from ..utils.atomic import atomic_path, plan_outputs
+from ..utils.generators import Progress, drive, map_events
+from .generate import ExportResult, iter_export_pairs
 
 SCORES_NAME = "scores.csv"
 
@@ -68,6 +73,22 @@ class FilterResult:
             why = "; ".join(f"{c} {r}" for r, c in sorted(self.reasons().items()))
             line += f"; dropped {n - k}: {why}"
         return line
+
+
+def check_filter_spec(spec: ModelSpec, name: str) -> None:
+    """Raise a ValueError unless the model ``name`` described by ``spec`` segments images."""
+    if spec.task != "segmentation":
+        raise ValueError(
+            f"{name} is a {spec.task} model; the filter needs a segmentation model "
+            "(e.g. the bundled default)"
+        )
+
+
+def check_min_dice(min_dice: float) -> float:
+    """Raise a ValueError unless ``min_dice`` is a Dice score (0 to 1); return it."""
+    if not 0 <= min_dice <= 1:
+        raise ValueError(f"the minimum Dice is between 0 and 1, got {min_dice}")
+    return float(min_dice)
 
 
 def foreground_dice(prediction: np.ndarray, mask: np.ndarray) -> float:
@@ -129,8 +150,7 @@ def iter_filter_pairs(
 
 def _score_all(model, pairs, total, min_dice, device, tile_size):
     """Score ``(name, image, mask)`` from any iterable (one pair in memory at a time)."""
-    if not 0 <= min_dice <= 1:
-        raise ValueError(f"the minimum Dice is between 0 and 1, got {min_dice}")
+    check_min_dice(min_dice)
     result = FilterResult(min_dice)
     for i, (name, image, mask) in enumerate(pairs):
         dice, pred = score_pair(model, image, mask, device=device, tile_size=tile_size)
@@ -186,7 +206,6 @@ def iter_filter_files(
     run early unless ``overwrite``.
     """
     from ..data.image_io import read_image, read_mask
-    from ..utils.atomic import plan_outputs
 
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
@@ -206,3 +225,68 @@ def iter_filter_files(
     if scores_path is not None:
         write_scores(scores_path, result, overwrite=overwrite)
     return result
+
+
+@dataclass
+class FilteredExport:
+    """What :func:`iter_export_filtered` wrote: the exported pairs and, when filtered, the
+    filter's verdict and where its scores are."""
+
+    export: ExportResult
+    filter: FilterResult | None = None
+    scores_path: Path | None = None
+
+    @property
+    def count(self) -> int:
+        """Pairs left on disk: the kept ones when filtered, else all exported."""
+        return self.export.count if self.filter is None else len(self.filter.kept)
+
+
+def iter_export_filtered(
+    generator: LoadedModel,
+    masks: Sequence[np.ndarray],
+    out_dir: str | os.PathLike,
+    n: int,
+    *,
+    filter_model: LoadedModel | None = None,
+    min_dice: float = 0.7,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    overwrite: bool = False,
+    **export_kwargs: Any,
+) -> Generator[Progress, None, FilteredExport]:
+    """Export ``n`` pairs (:func:`~napari_segen.synthesis.generate.iter_export_pairs`) and,
+    with ``filter_model``, score them, remove those below ``min_dice`` and write
+    ``out_dir/scores.csv``.
+
+    One task with one progress count (export, then filter: ``2 * n`` steps when
+    filtering), so a caller can stop it between any two pairs. The filter model,
+    ``min_dice`` and the scores file are checked before the first pair is
+    written. ``device`` and ``tile_size`` serve both the generator and the filter
+    model; ``export_kwargs`` are :func:`iter_export_pairs`' (``transform``,
+    ``seed``, ``noise_strength``...).
+    """
+    scores_path = None
+    if filter_model is not None:
+        check_filter_spec(filter_model.spec, filter_model.name)
+        check_min_dice(min_dice)
+        scores_path = Path(out_dir) / SCORES_NAME
+        plan_outputs([(scores_path, "the filter's scores")], overwrite=overwrite)
+    total = 2 * n if filter_model is not None else n
+    export = yield from map_events(
+        iter_export_pairs(
+            generator, masks, out_dir, n, device=device, tile_size=tile_size,
+            overwrite=overwrite, **export_kwargs,
+        ),
+        lambda e: Progress(e.done, total, e.message, e.path),
+    )  # fmt: skip
+    if filter_model is None:
+        return FilteredExport(export)
+    filtered = yield from map_events(
+        iter_filter_files(
+            filter_model, export.images, export.masks, min_dice, scores_path=scores_path,
+            overwrite=overwrite, device=device, tile_size=tile_size,
+        ),
+        lambda e: Progress(n + e.done, total, f"filtering: {e.message}", e.path),
+    )  # fmt: skip
+    return FilteredExport(export, filtered, scores_path)

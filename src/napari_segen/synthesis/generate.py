@@ -80,6 +80,13 @@ def load_generator(
     return check_generator(model)
 
 
+def check_noise_strength(noise_strength: float) -> float:
+    """Raise a ValueError unless ``noise_strength`` is a finite number >= 0; return it."""
+    if not (np.isfinite(noise_strength) and noise_strength >= 0):
+        raise ValueError(f"the noise strength must be >= 0 (and finite), got {noise_strength}")
+    return float(noise_strength)
+
+
 def _label_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -135,8 +142,7 @@ def generate_tensor(
         noise_strength: scale of a noise generator's noise maps (1: as trained, 0: its
             noise-free drawing); ignored by a generator without noise.
     """
-    if not noise_strength >= 0:
-        raise ValueError(f"the noise strength must be >= 0, got {noise_strength}")
+    check_noise_strength(noise_strength)
     check_generator(model)
     gen = model.module
     labels = _label_array(labels, gen.num_classes)
@@ -207,8 +213,8 @@ def seeded_series(
 
     Map ``i`` is generated with the seed ``seed + i`` (None: unseeded), so a
     seeded series repeats image for image; ``device`` is resolved once and
-    ``kwargs`` (``tile_size``, ``stochastic``, ``overlap``, ``halo``) are the same
-    for every map.
+    ``kwargs`` (``tile_size``, ``stochastic``, ``overlap``, ``halo``,
+    ``noise_strength``) are the same for every map.
     """
     dev = resolve_device(device)
 
@@ -223,7 +229,7 @@ def generate_image(model: LoadedModel, labels: np.ndarray, **kwargs: Any) -> np.
     """An image for a 2D label map, in the training images' dtype.
 
     ``kwargs`` are :func:`generate_tensor`'s (``device``, ``tile_size``,
-    ``stochastic``, ``seed``...).
+    ``stochastic``, ``seed``, ``noise_strength``...).
     """
     return to_output_image(generate_tensor(model, labels, **kwargs), model)
 
@@ -235,7 +241,7 @@ def iter_generate(
 
     Returns an array (a 2D map gives one image, a stack a stack) or, for a list, a
     list. ``kwargs`` are :func:`seeded_series`' (``device``, ``seed``: map ``i``
-    gets ``seed + i``, ``tile_size``, ``stochastic``...).
+    gets ``seed + i``, ``tile_size``, ``stochastic``, ``noise_strength``...).
     """
     is_list = isinstance(labels, list | tuple)
     arr = labels if is_list else np.asarray(labels)
@@ -349,6 +355,7 @@ def iter_export_pairs(
     device: str | torch.device = "auto",
     prefix: str = "synth",
     overwrite: bool = False,
+    noise_strength: float = 1.0,
 ) -> Generator[Progress, None, ExportResult]:
     """Write ``n`` synthetic (image, mask) pairs to ``out_dir/images`` and ``out_dir/masks``.
 
@@ -358,12 +365,15 @@ def iter_export_pairs(
     to use the sources as they are), and its image is generated from it. Masks
     are written as class indices (PNG); unannotated (negative) pixels become
     class 0. Files are named ``<prefix>_0000.png`` and so on; nothing is written
-    when any of them exists, unless ``overwrite`` is True.
+    when any of them exists, unless ``overwrite`` is True. ``noise_strength``
+    scales a noise generator's texture (see :func:`generate_tensor`).
     """
     check_generator(model)
+    check_noise_strength(noise_strength)  # before any folder is made
     generate_nth = seeded_series(
-        model, device=device, seed=seed, tile_size=tile_size, stochastic=stochastic
-    )
+        model, device=device, seed=seed, tile_size=tile_size, stochastic=stochastic,
+        noise_strength=noise_strength,
+    )  # fmt: skip
     if n < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {n}")
     if not masks:

@@ -10,7 +10,13 @@ Three actions, each run off the GUI thread by a
   FID or a labelled feature distance) is shown at the end.
 * **Generate** an image from the current Labels layer into ``<labels> synthetic``.
 * **Export** N synthetic pairs (randomly transformed masks + generated images)
-  to a folder that ``napari-segen train`` and the Train widget read.
+  to a folder that ``napari-segen train`` and the Train widget read; in the
+  folded "Quality filter" section a segmentation model (the bundled default
+  or a file) can score each pair and remove those below a minimum Dice
+  (``scores.csv`` beside the pairs), in the same task as the export.
+
+"Texture strength" scales the noise maps of a generator trained with noise
+(1: as trained, 0: its noise-free drawing) for Generate and Export.
 
 "Score generator" compares the image generated from the Labels layer with the
 Image layer. The form starts with settings a CPU finishes in minutes (crop 128,
@@ -45,20 +51,23 @@ from napari.utils.notifications import show_error, show_info
 
 from ..data.conventions import SYNTHETIC_MIXING_NOTE
 from ..data.sources import DENSE
-from ..models import default_generator_path
+from ..models import default_generator_path, default_model_path
 from ..synthesis.trainer import PRESETS
 from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import preferred_labels
 from ._layout import collapsible, fit_label, make_scrollable
-from ._worker import TaskRunner
+from ._model_catalog import DEFAULT_CHOICE, catalog
+from ._worker import TaskRunner, one_line
 from .metrics_widget import MetricsReadout
 
 if TYPE_CHECKING:
     import napari
 
 SAMPLES_LAYER = "pix2pix samples"
+FILTER_OFF = "off (keep every pair)"
+FILTER_FILE = "model file..."
 CROP_CHOICES = [32, 64, 128, 256, 512]
 
 #: Form defaults by device kind: the pix2pix paper's settings where a GPU runs them in
@@ -120,27 +129,39 @@ def train_job(
 
 
 def generate_job(
-    path: Path, labels: np.ndarray, device: str, stochastic: bool, seed: int | None
-) -> Generator[Any, None, np.ndarray]:
+    path: Path, labels: np.ndarray, device: str, stochastic: bool, seed: int | None,
+    noise_strength: float = 1.0,
+) -> Generator[Any, None, np.ndarray]:  # fmt: skip
+    """Generate an image (or a stack) from ``labels`` with the generator in ``path``."""
     from ..synthesis.generate import iter_generate, load_generator
 
     model = load_generator(path)
     return (
-        yield from iter_generate(model, labels, device=device, stochastic=stochastic, seed=seed)
-    )
+        yield from iter_generate(
+            model, labels, device=device, stochastic=stochastic, seed=seed,
+            noise_strength=noise_strength,
+        )
+    )  # fmt: skip
 
 
 def export_job(
     path: Path, masks: list[np.ndarray], out_dir: Path, n: int, device: str, stochastic: bool,
-    overwrite: bool, seed: int | None,
+    overwrite: bool, seed: int | None, noise_strength: float = 1.0,
+    filter_path: Path | None = None, min_dice: float = 0.7,
 ) -> Generator[Any, None, Any]:  # fmt: skip
-    from ..synthesis.generate import iter_export_pairs, load_generator
+    """Export ``n`` pairs and, with ``filter_path`` (a segmentation model), keep only those
+    it segments with foreground Dice >= ``min_dice``; returns a ``FilteredExport``."""
+    from ..models.model_file import load_model
+    from ..synthesis.filter import iter_export_filtered
+    from ..synthesis.generate import load_generator
 
     model = load_generator(path)
+    filter_model = load_model(filter_path) if filter_path is not None else None
     return (
-        yield from iter_export_pairs(
-            model, masks, out_dir, n, device=device, stochastic=stochastic,
-            overwrite=overwrite, seed=seed,
+        yield from iter_export_filtered(
+            model, masks, out_dir, n, filter_model=filter_model, min_dice=min_dice,
+            device=device, stochastic=stochastic, overwrite=overwrite, seed=seed,
+            noise_strength=noise_strength,
         )
     )  # fmt: skip
 
@@ -183,6 +204,7 @@ class SynthesizeWidget(Container):
         self.last_result: Any = None
         self.last_quality: dict[str, Any] | None = None
         self.last_export: Any = None
+        self.last_filter: Any = None
 
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)
         self.labels_layer = ComboBox(label="Labels (classes)", choices=self._labels_choices)
@@ -259,12 +281,31 @@ class SynthesizeWidget(Container):
             tooltip="keep dropout on, and draw a generator's noise maps unseeded; unticked, "
             "the same labels give the same image",
         )
+        self.texture_strength = FloatSpinBox(
+            label="Texture strength", value=1.0, min=0.0, max=2.0, step=0.25,
+            tooltip="scale of the noise maps of a generator trained with noise (the bundled "
+            "one is): 1 = as trained, 0 = its noise-free drawing; lower gives smoother images "
+            "with less grain, higher more. No effect on a generator without noise.",
+        )  # fmt: skip
         self.generate_button = PushButton(text="Generate image from labels")
         self.n_pairs = SpinBox(label="Pairs to export", value=20, min=1, max=1_000_000)
         self.export_dir = FileEdit(
             label="Export folder", mode="d", value=Path.home() / "napari-segen" / "synthetic"
         )
-        self.export_overwrite = CheckBox(text="Overwrite existing pairs")
+        self.export_overwrite = CheckBox(text="Overwrite existing pairs (and scores.csv)")
+        self.filter_model = ComboBox(
+            label="Filter pairs with", choices=self._filter_choices, value=FILTER_OFF,
+            tooltip="a segmentation model that segments each exported image; pairs whose "
+            "prediction has a foreground Dice below 'Min Dice' against their mask are removed, "
+            "all scores go to scores.csv in the export folder",
+        )  # fmt: skip
+        self.filter_file = FileEdit(
+            label="Filter model file", mode="r", filter="*.safetensors", visible=False
+        )
+        self.min_dice = FloatSpinBox(
+            label="Min Dice", value=0.7, min=0.0, max=1.0, step=0.05,
+            tooltip="foreground Dice (0-1) a pair needs to be kept",
+        )  # fmt: skip
         self.export_button = PushButton(text="Export synthetic pairs")
         self.score_button = PushButton(text="Score generator on image + labels")
         self.cancel_button = PushButton(text="Cancel")
@@ -281,7 +322,8 @@ class SynthesizeWidget(Container):
         ])  # fmt: skip
         self.extend([
             self.train_button, self.saved_path, self.copy_path_button, self.model_path,
-            self.stochastic, self.generate_button, self.n_pairs, self.export_dir,
+            self.stochastic, self.texture_strength, self.generate_button, self.n_pairs,
+            self.export_dir,
             self.export_overwrite, self.export_button, self.score_button, self.cancel_button,
             self.status, self.readout,
         ])  # fmt: skip
@@ -301,14 +343,12 @@ class SynthesizeWidget(Container):
                 self.resume,
             ],
         )
-        layout, button = self.native.layout(), self.train_button.native
-        at = next(
-            i
-            for i in range(layout.count())
-            if (w := layout.itemAt(i).widget()) is not None
-            and (w is button or w.isAncestorOf(button))
+        self._insert_before(self.advanced_section, self.train_button)
+        self.filter_section = collapsible(
+            "Quality filter for exported pairs",
+            [self.filter_model, self.filter_file, self.min_dice],
         )
-        layout.insertWidget(at, self.advanced_section)
+        self._insert_before(self.filter_section, self.export_button)
 
         buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
         self.runner = TaskRunner(buttons, self.cancel_button, self.status)
@@ -321,12 +361,38 @@ class SynthesizeWidget(Container):
         self._device_kind = device_kind(str(self.device.value))
         self.device.changed.connect(self._on_device)
         self.preset.changed.connect(self._on_preset)
+        self.filter_model.changed.connect(self._on_filter_changed)
+        catalog.changed.connect(self._on_catalog_changed)
         self.image_layer.changed.connect(self._pick_labels)
         self._pick_labels()
         self._eta_start: tuple[float, int] | None = None
         make_scrollable(self)
 
+    def _insert_before(self, section: Any, before: Any) -> None:
+        """Put the Qt widget ``section`` into the form above the sub-widget ``before``."""
+        layout, button = self.native.layout(), before.native
+        at = next(
+            i
+            for i in range(layout.count())
+            if (w := layout.itemAt(i).widget()) is not None
+            and (w is button or w.isAncestorOf(button))
+        )
+        layout.insertWidget(at, section)
+
     # --- choices --------------------------------------------------------------------------
+    def _filter_choices(self, _=None) -> list[str]:
+        return [FILTER_OFF, *catalog.choices(), FILTER_FILE]
+
+    def _on_catalog_changed(self, *_: Any) -> None:
+        # The catalogue outlives this widget: once its Qt side is gone, stop listening.
+        try:
+            self.filter_model.reset_choices()
+        except RuntimeError:
+            catalog.changed.disconnect(self._on_catalog_changed)
+
+    def _on_filter_changed(self, value: Any) -> None:
+        self.filter_file.visible = value == FILTER_FILE
+
     def _image_choices(self, _=None) -> list:
         from napari.layers import Image
 
@@ -451,6 +517,28 @@ class SynthesizeWidget(Container):
             raise ValueError("choose a generator file (.safetensors), or train one first")
         return path
 
+    def filter_model_path(self) -> Path | None:
+        """The segmentation model that filters exported pairs (None: no filter).
+
+        Raises a ValueError when the chosen file is missing or is not a segmentation model.
+        """
+        from ..models import read_spec
+        from ..synthesis.filter import check_filter_spec
+
+        choice = self.filter_model.value
+        if choice == FILTER_OFF:
+            return None
+        if choice == FILTER_FILE:
+            path = Path(str(self.filter_file.value))
+            if not path.is_file():
+                raise ValueError("choose the filter's segmentation model file (.safetensors)")
+        elif choice == DEFAULT_CHOICE:
+            path = Path(str(default_model_path()))
+        else:
+            path = Path(catalog.path_for(choice))
+        check_filter_spec(read_spec(path), path.name)
+        return path
+
     def _labels_array(self) -> tuple[Any, np.ndarray]:
         layer = self.labels_layer.value
         if layer is None:
@@ -536,7 +624,7 @@ class SynthesizeWidget(Container):
         self.status.value = f"generating from {layer.name}..."
         self.runner.start(
             generate_job, path, labels, str(self.device.value), bool(self.stochastic.value),
-            None if self.stochastic.value else 0,
+            None if self.stochastic.value else 0, float(self.texture_strength.value),
             description="Generating image",
             on_done=lambda image: self._put_image(layer, image),
         )  # fmt: skip
@@ -569,10 +657,17 @@ class SynthesizeWidget(Container):
         except ValueError as err:
             show_error(str(err))
             return
-        self.status.value = f"exporting {self.n_pairs.value} pairs to {out}..."
+        try:
+            filter_path = self.filter_model_path()
+        except (ValueError, OSError) as err:
+            show_error(f"cannot filter with {self.filter_model.value}: {one_line(err)}")
+            return
+        what = "export and filter" if filter_path is not None else "export"
+        self.status.value = f"{what} {self.n_pairs.value} pairs to {out}..."
         self.runner.start(
             export_job, path, masks, out, int(self.n_pairs.value), str(self.device.value),
             bool(self.stochastic.value), bool(self.export_overwrite.value), 0,
+            float(self.texture_strength.value), filter_path, float(self.min_dice.value),
             description="Exporting pairs", on_done=self._on_exported,
         )  # fmt: skip
 
@@ -589,11 +684,18 @@ class SynthesizeWidget(Container):
         return planes
 
     def _on_exported(self, result: Any) -> None:
-        self.last_export = result
+        export = result.export
+        self.last_export, self.last_filter = export, result.filter
+        wrote = f"wrote {export.count} pairs to {export.out_dir} (images/, masks/)"
+        if result.filter is not None:
+            wrote = (
+                f"{result.filter.summary()}; {result.count} pairs in {export.out_dir} "
+                f"(images/, masks/), scores in {result.scores_path}"
+            )
         self.status.value = (
-            f"wrote {result.count} pairs to {result.out_dir} (images/, masks/). Note: "
-            f"{SYNTHETIC_MIXING_NOTE}. To try them: napari-segen train ... --synthetic-images "
-            "<folder>/images --synthetic-masks <folder>/masks --synthetic-share 0.33"
+            f"{wrote}. Note: {SYNTHETIC_MIXING_NOTE}. To try them: napari-segen train ... "
+            "--synthetic-images <folder>/images --synthetic-masks <folder>/masks "
+            "--synthetic-share 0.33"
         )
 
     def score(self, *_: Any) -> None:
