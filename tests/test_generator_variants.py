@@ -279,6 +279,14 @@ def test_mode_seeking_makes_the_generator_use_its_noise(tmp_path):
     assert spreads[1.0] > 2.5 * spreads[0.0], spreads
 
 
+def test_ssim_term_trains_the_drawing_l1_sees(tmp_path):
+    cfg = _texture_cfg(l1_noise_free=True, ssim_weight=50.0)
+    events = list(train_pix2pix(_pairs(), tmp_path / "s.safetensors", config=cfg))
+    ssims = [ev.losses["ssim"] for ev in events if ev.kind == "step"]
+    assert len(ssims) == 8 and all(-1 <= v <= 1 for v in ssims)
+    assert "SSIM x50" in load_model(tmp_path / "s.safetensors").spec.provenance["method"]
+
+
 def test_variant_settings_are_checked():
     with pytest.raises(ValueError, match="unknown preset"):
         SynthConfig.from_preset("hd")
@@ -294,7 +302,7 @@ def test_variant_settings_are_checked():
         _texture_cfg(noise=False, l1_noise_free=True).check()
     with pytest.raises(ValueError, match="ms_weight needs a generator with noise"):
         _texture_cfg(noise=False, ms_weight=1.0).check()
-    with pytest.raises(ValueError, match="mode-seeking weight must be >= 0"):
+    with pytest.raises(ValueError, match="mode-seeking and SSIM weights must be >= 0"):
         _texture_cfg(ms_weight=-1.0).check()
     with pytest.raises(ValueError, match="low-pass sigma must be 0 to crop size / 8 = 4"):
         _texture_cfg(l1_sigma=5).check()

@@ -178,6 +178,14 @@ def _add_train(ss) -> None:
         "to draw texture (needs a noise generator, e.g. --preset texture)",
     )
     t.add_argument(
+        "--ssim-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of an SSIM term beside L1 on the drawing L1 judges (keeps local "
+        "contrast; default: the preset's, 0)",
+    )
+    t.add_argument(
         "--mode-seeking",
         type=float,
         default=None,
@@ -407,6 +415,7 @@ def run_train(args: argparse.Namespace) -> int:
         l1_sigma=args.l1_sigma,
         l1_noise_free=args.l1_noise_free,
         ms_weight=args.mode_seeking,
+        ssim_weight=args.ssim_weight,
     )
     cfg = SynthConfig.from_preset(
         args.preset,
