@@ -160,7 +160,8 @@ def test_recipe_options_in_the_advanced_fold(widget):
     _, w = widget
     w.config_overrides = {"n_layers": 2}  # two scales of 32 px crops need a smaller PatchGAN
     form = w.advanced_section.form.native
-    for field in (w.preset, w.upsample, w.noise, w.d_scales, w.fm_weight, w.l1_weight):
+    for field in (w.preset, w.upsample, w.noise, w.d_scales, w.fm_weight, w.l1_weight,
+                  w.l1_sigma, w.l1_noise_free, w.ssim_weight, w.ms_weight):  # fmt: skip
         assert form.isAncestorOf(field.native)
     cfg = w.build_config()  # the paper's recipe by default; width sets both networks
     assert cfg.ngf == cfg.ndf == w.net_width.value
@@ -171,8 +172,14 @@ def test_recipe_options_in_the_advanced_fold(widget):
     cfg = w.build_config()
     assert {k: getattr(cfg, k) for k in PRESETS["texture"]} == {**PRESETS["texture"],
                                                                 "fm_weight": 3.0}  # fmt: skip
+    w.l1_noise_free.value, w.ssim_weight.value, w.ms_weight.value = True, 20.0, 0.5
+    w.l1_sigma.value = 1.5
+    cfg = w.build_config()
+    assert (cfg.l1_noise_free, cfg.ssim_weight, cfg.ms_weight, cfg.l1_sigma) == (True, 20, 0.5, 1.5)
     w.preset.value = "pix2pix"
     assert w.upsample.value == "transpose" and not w.noise.value and w.fm_weight.value == 0
+    with pytest.raises(ValueError, match="needs a generator with noise"):
+        w.build_config()  # the loss options that need noise maps, on a generator without them
 
 
 def test_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):

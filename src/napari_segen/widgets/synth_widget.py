@@ -254,6 +254,26 @@ class SynthesizeWidget(Container):
             label="L1 weight", value=paper["l1_weight"], min=0.0, max=10_000.0, step=10.0,
             tooltip="weight of the L1 distance to the real image (the paper: 100)",
         )  # fmt: skip
+        self.l1_sigma = FloatSpinBox(
+            label="L1 low-pass (px)", value=0.0, min=0.0, max=64.0, step=0.5,
+            tooltip="compare real and generated images through a Gaussian low-pass of this "
+            "sigma in the L1 term, so it holds the layout and leaves texture free (0: per pixel)",
+        )  # fmt: skip
+        self.l1_noise_free = CheckBox(
+            text="L1 on the noise-free drawing", value=False,
+            tooltip="apply the L1 term to the generator's drawing without noise, so the noise is "
+            "free to draw texture (needs noise maps)",
+        )  # fmt: skip
+        self.ssim_weight = FloatSpinBox(
+            label="SSIM weight", value=0.0, min=0.0, max=10_000.0, step=10.0,
+            tooltip="an SSIM term beside L1 on the drawing L1 judges (keeps local contrast; "
+            "0: off)",
+        )  # fmt: skip
+        self.ms_weight = FloatSpinBox(
+            label="Mode seeking", value=0.0, min=0.0, max=100.0, step=0.1,
+            tooltip="rewards different images for different noise, so the generator cannot "
+            "learn to ignore its noise maps (needs noise maps; 0: off)",
+        )  # fmt: skip
         self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
         self.max_minutes = FloatSpinBox(
             label="Time limit (min)", value=0.0, min=0.0, max=100_000.0, step=0.5
@@ -338,6 +358,10 @@ class SynthesizeWidget(Container):
                 self.d_scales,
                 self.fm_weight,
                 self.l1_weight,
+                self.l1_sigma,
+                self.l1_noise_free,
+                self.ssim_weight,
+                self.ms_weight,
                 self.val_split,
                 self.max_minutes,
                 self.resume,
@@ -505,6 +529,10 @@ class SynthesizeWidget(Container):
             d_scales=int(self.d_scales.value),
             fm_weight=float(self.fm_weight.value),
             l1_weight=float(self.l1_weight.value),
+            l1_sigma=float(self.l1_sigma.value),
+            l1_noise_free=bool(self.l1_noise_free.value),
+            ssim_weight=float(self.ssim_weight.value),
+            ms_weight=float(self.ms_weight.value),
         )
         kw.update(self.config_overrides)
         cfg = SynthConfig(**kw)
