@@ -64,8 +64,6 @@ def train_unet(
 ):
     """A U-Net (fresh, or ``start``) trained for ``steps`` steps, saved to ``path``; its
     held-out scores."""
-    from napari_segen.metrics.evaluate import evaluate_model, scores_to_metrics
-    from napari_segen.models import load_model
     from napari_segen.training import TrainConfig, new_unet_spec, train_segmentation
     from napari_segen.utils.generators import drive
 
@@ -78,6 +76,14 @@ def train_unet(
     # No validation pairs: the last epoch's model is written to ``path``.
     gen = train_segmentation(pairs, [], path, start=spec, config=cfg, overwrite=True)
     drive(gen, log_steps(50, "  unet"))
+    return score_unet(path, test, device)
+
+
+def score_unet(path, test, device: str) -> dict:
+    """Membrane Dice and mean IoU of the U-Net in ``path`` on the held-out pairs."""
+    from napari_segen.metrics.evaluate import evaluate_model, scores_to_metrics
+    from napari_segen.models import load_model
+
     model = load_model(path)
     scores = evaluate_model(model, test, tile_size=512, device=device)
     m = scores_to_metrics(scores, CLASSES)
@@ -136,6 +142,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
+        "--reuse-unets",
+        action="store_true",
+        help="score U-Nets already in --out instead of training them again (only with the "
+        "same settings and --threads 1, where training is deterministic: e.g. more seeds for "
+        "an earlier run, or its real-only control copied into a new --out)",
+    )
+    ap.add_argument(
         "--arms",
         default=None,
         help="comma-separated arms besides real only (default: all): default, nofilter, "
@@ -163,6 +176,9 @@ def main(argv=None) -> int:
 
     def unet(pairs, seed: int, name: str, steps: int | None = None, start=None) -> dict:
         path = out / f"unet-{name}-seed{seed}.safetensors"
+        if args.reuse_unets and path.exists():
+            # one CPU thread trains deterministically: the same U-Net, scored again
+            return score_unet(path, test, args.device)
         return train_unet(pairs, test, seed, steps or args.unet_steps, args.crop_size,
                           args.batch_size, args.device, path, start)  # fmt: skip
 
