@@ -309,9 +309,12 @@ def main(argv=None) -> int:
         "feature": ref.get("feature"), "fid": ref.get("fid"),
         "feature_distance": ref.get("feature_distance"),
     }  # fmt: skip
+    shown = main_name  # the montage shows the calibrated strength when there is one
+    if calibration is not None and calibration["chosen"] != 1.0:
+        shown = f"{args.preset} (noise x{calibration['chosen']:g})"
     montage(
         [p.mask for p in test],
-        [reals, fakes[main_name], *(fakes[n] for n in compared),
+        [reals, fakes[shown], *(fakes[n] for n in compared),
          fakes["baseline: class-mean intensity"], fakes["baseline: untrained generator"]],
         Path(args.montage),
     )  # fmt: skip
@@ -345,8 +348,7 @@ def main(argv=None) -> int:
         )
     if calibration is not None:
         chosen = calibration["chosen"]
-        row = main_name if chosen == 1.0 else f"{args.preset} (noise x{chosen:g})"
-        c = scores[row]
+        c = scores[shown]
         b = scores["baseline: class-mean intensity"]
         print(
             f"calibrated on training slices {calibration['slices']}: noise x{chosen:g} "
