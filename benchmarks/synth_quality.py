@@ -47,49 +47,29 @@ VALUE_MAP = {0: 1, 255: 0}  # ISBI masks: membrane = 0 (black) -> class 1
 
 
 def quarters(images: list[np.ndarray]) -> list[np.ndarray]:
-    """The four 256x256 quarter crops of each 512x512 image."""
-    out = []
-    for im in images:
-        h, w = im.shape[:2]
-        for y in (0, h // 2):
-            for x in (0, w // 2):
-                out.append(im[y : y + h // 2, x : x + w // 2])
-    return out
+    """The four 256x256 quarter crops of each 512x512 image (the core's ``half_crops``)."""
+    from napari_segen.synthesis.calibrate import half_crops
+
+    return half_crops(images)
 
 
 def class_mean_images(train_pairs, test_pairs, model) -> list[np.ndarray]:
-    """Baseline (b): each class painted with its mean training intensity, [0, 1] scale."""
-    from napari_segen.synthesis.quality import real_to_unit
+    """Baseline (b): each class painted with its mean training intensity, [0, 1] scale
+    (the core's ``class_mean_painting``)."""
+    from napari_segen.synthesis.calibrate import class_mean_painting
 
-    k = model.spec.num_classes
-    sums, counts = np.zeros(k), np.zeros(k)
-    for p in train_pairs:
-        unit = real_to_unit(p.image, model)
-        for c in range(k):
-            sel = p.mask == c
-            sums[c] += unit[sel].sum()
-            counts[c] += sel.sum()
-    means = sums / np.maximum(counts, 1)
-    return [means[np.clip(p.mask, 0, k - 1)].astype(np.float32) for p in test_pairs]
+    return class_mean_painting(train_pairs, [p.mask for p in test_pairs], model)
+
+
+def _bench_row(scores: dict) -> dict:
+    """The core's scores without its ``distance`` alias (the table names FID or features)."""
+    return {k: v for k, v in scores.items() if k != "distance"}
 
 
 def score(reals, fakes, real_crops_train, device) -> dict:
-    from napari_segen.metrics.fid import set_distance
-    from napari_segen.metrics.image_quality import paired_quality
+    from napari_segen.synthesis.calibrate import score_images
 
-    q = paired_quality(reals, fakes, data_range=1.0)
-    d = set_distance(quarters(reals), quarters(fakes), device=device, data_range=1.0)
-    return {
-        "ssim": q["ssim"]["mean"],
-        "ssim_std": q["ssim"]["std"],
-        "psnr": q["psnr"]["mean"],
-        "psnr_std": q["psnr"]["std"],
-        "fid": d.get("fid"),
-        "kid_mean": d.get("kid_mean"),
-        "feature": d.get("feature"),
-        "feature_distance": d.get("feature_distance"),
-        "feature_kid_mean": d.get("feature_kid_mean"),
-    }
+    return _bench_row(score_images(reals, fakes, device=device))
 
 
 def montage(masks, columns, path: Path, size: int = 256) -> None:
@@ -115,26 +95,28 @@ def montage(masks, columns, path: Path, size: int = 256) -> None:
 
 def calibrate(args, model, train, dev) -> dict:
     """Score the noise strengths on the last ``args.calibrate`` training pairs against the
-    class-mean painting (means from the other training pairs) and pick one (see --calibrate)."""
-    from napari_segen.synthesis.generate import generate_tensor, to_unit
-    from napari_segen.synthesis.quality import real_to_unit
+    class-mean painting (means from the other training pairs) and pick one (see --calibrate).
+
+    The scores and the rule are the core's
+    (:func:`napari_segen.synthesis.calibrate.iter_calibrate_noise_strength`); where no
+    strength beats the painting on both, this benchmark falls back to SSIM alone (the
+    core keeps the generator as trained)."""
+    from napari_segen.synthesis.calibrate import iter_calibrate_noise_strength
+    from napari_segen.utils.generators import drive
 
     fit, held = train[: -args.calibrate], train[-args.calibrate :]
-    reals = [real_to_unit(p.image, model) for p in held]
-    painted = score(reals, class_mean_images(fit, held, model), None, dev)
+    strengths = sorted({1.0, *args.noise_strengths}, reverse=True)
+    result = drive(
+        iter_calibrate_noise_strength(
+            model, fit, held, strengths=strengths, device=dev, seed=args.seed + 100
+        )
+    )
+    painted = _bench_row(result.painted)
+    rows = {s: _bench_row(result.rows[s]) for s in strengths}
     key = "fid" if painted["fid"] is not None else "feature_distance"
-    rows = {}
-    for strength in sorted({1.0, *args.noise_strengths}, reverse=True):
-        fakes = [
-            to_unit(generate_tensor(model, p.mask, device=dev, seed=args.seed + 100 + i,
-                                    noise_strength=strength))
-            for i, p in enumerate(held)
-        ]  # fmt: skip
-        rows[strength] = score(reals, fakes, None, dev)
-    both = [s for s, r in rows.items() if r["ssim"] > painted["ssim"] and r[key] < painted[key]]
     ssim_only = [s for s, r in rows.items() if r["ssim"] > painted["ssim"]]
-    if both:
-        chosen, why = max(both), "the largest that beats the painting on SSIM and features"
+    if result.beats_painting:
+        chosen, why = result.chosen, "the largest that beats the painting on SSIM and features"
     elif ssim_only:
         chosen, why = max(ssim_only), "none beats the painting on both; the largest on SSIM"
     else:

@@ -420,3 +420,58 @@ def test_export_noise_strength_and_filter(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs a segmentation model" in err
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_train_calibrates_the_texture_strength(folders, tmp_path, capsys, calibrate):
+    """A noise generator trained with held-out pairs gets its texture strength calibrated:
+    the summary line is printed and recorded; --no-calibrate records none."""
+    out = tmp_path / "t.safetensors"
+    args = ["synth", "train", "--images", str(folders / "images"), "--masks",
+            str(folders / "masks"), "--val-split", "0.34", "--preset", "balanced",
+            "--crop-size", "32", "--ngf", "4", "--ndf", "4", "--n-layers", "2", "--steps", "2",
+            "--sample-every", "0", "--checkpoint-every", "0", "--device", "cpu", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(args + ([] if calibrate else ["--no-calibrate"])) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    prov = json.loads(out.with_suffix(".json").read_text())["provenance"]
+    assert prov["config"]["ssim_weight"] == 300.0 and prov["config"]["ms_weight"] == 0.3
+    assert "held_out_quality" in prov
+    if calibrate:
+        chosen = prov["noise_calibration"]["chosen"]
+        assert [ln for ln in lines if ln.startswith(f"texture strength x{round(chosen, 2):g}")]
+        assert summary["noise_strength"] == chosen
+    else:
+        assert "noise_calibration" not in prov and summary["noise_strength"] == 1.0
+        assert not [ln for ln in lines if ln.startswith("texture strength")]
+
+
+def test_generate_defaults_to_the_recorded_strength(tmp_path, capsys):
+    """Without --noise-strength, generate and export draw at the strength recorded in the
+    generator file (here 0.25): the same images as --noise-strength 0.25."""
+    from napari_segen.models import default_generator_path
+    from napari_segen.models.model_file import save_model
+    from napari_segen.synthesis import load_generator
+
+    model = load_generator(default_generator_path())
+    model.spec.provenance["noise_calibration"] = {"chosen": 0.25}
+    path = save_model(tmp_path / "cal.safetensors", model.module, model.spec)
+    masks = _membrane_mask_dir(tmp_path)
+    base = ["synth", "generate", str(masks), "--model", str(path), "--device", "cpu", "--quiet"]
+    runs = {"default": [], "s025": ["--noise-strength", "0.25"], "s1": ["--noise-strength", "1"]}
+    images = {}
+    for name, flags in runs.items():
+        assert main([*base, *flags, "--out", str(tmp_path / name)]) == 0
+        images[name] = np.asarray(Image.open(tmp_path / name / "m.png"))
+    np.testing.assert_array_equal(images["default"], images["s025"])
+    assert not np.array_equal(images["default"], images["s1"])
+    export = ["synth", "export", "--masks", str(masks), "--model", str(path), "--n", "1",
+              "--no-flips", "--no-rot90", "--scale", "1", "1", "--elastic-alpha", "0",
+              "--device", "cpu", "--quiet"]  # fmt: skip
+    for name, flags in (("e_default", []), ("e025", ["--noise-strength", "0.25"])):
+        assert main([*export, *flags, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    read = [np.asarray(Image.open(tmp_path / n / "images" / "synth_0000.png"))
+            for n in ("e_default", "e025")]  # fmt: skip
+    np.testing.assert_array_equal(*read)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -176,10 +178,28 @@ def test_recipe_options_in_the_advanced_fold(widget):
     w.l1_sigma.value = 1.5
     cfg = w.build_config()
     assert (cfg.l1_noise_free, cfg.ssim_weight, cfg.ms_weight, cfg.l1_sigma) == (True, 20, 0.5, 1.5)
-    w.preset.value = "pix2pix"
+    w.preset.value = "pix2pix"  # every recipe option is the preset's again
     assert w.upsample.value == "transpose" and not w.noise.value and w.fm_weight.value == 0
+    assert {k: getattr(w.build_config(), k) for k in PRESETS["pix2pix"]} == PRESETS["pix2pix"]
+    w.l1_noise_free.value = True
     with pytest.raises(ValueError, match="needs a generator with noise"):
         w.build_config()  # the loss options that need noise maps, on a generator without them
+
+
+def test_balanced_preset_sets_every_recipe_option(widget):
+    from napari_segen.synthesis.trainer import PRESETS
+
+    _, w = widget
+    w.config_overrides = {"n_layers": 2}
+    for recipe in PRESETS.values():
+        assert set(recipe) == set(w._recipe_widgets())  # a preset sets every recipe option
+    w.l1_sigma.value, w.fm_weight.value = 2.0, 7.0  # changed by hand, then a preset is chosen
+    w.preset.value = "balanced"
+    balanced = PRESETS["balanced"]
+    assert {k: wd.value for k, wd in w._recipe_widgets().items()} == balanced
+    assert (w.l1_noise_free.value, w.ssim_weight.value, w.ms_weight.value) == (True, 300, 0.3)
+    cfg = w.build_config()
+    assert {k: getattr(cfg, k) for k in balanced} == balanced and cfg.calibrate_noise
 
 
 def test_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):
@@ -307,3 +327,50 @@ def test_texture_strength_reaches_generate_and_export(widget, qtbot, tmp_path):
     np.testing.assert_array_equal(
         image, generate_image(model, mask, device="cpu", seed=0, noise_strength=0.0)
     )
+
+
+def test_texture_strength_follows_the_generator_file(widget, tmp_path):
+    """Choosing a generator file sets Texture strength to its calibrated strength (1 when
+    it has none); the user can still change it."""
+    import json
+    import shutil
+
+    from napari_segen.models import default_generator_path
+
+    _, w = widget
+    bundled = Path(str(default_generator_path()))
+    calibrated = tmp_path / "calibrated.safetensors"
+    shutil.copy(bundled, calibrated)
+    side = json.loads(bundled.with_suffix(".json").read_text())
+    side.setdefault("provenance", {})["noise_calibration"] = {"chosen": 0.4375}
+    calibrated.with_suffix(".json").write_text(json.dumps(side))
+    plain = tmp_path / "plain.safetensors"
+    shutil.copy(bundled, plain)
+    side["provenance"].pop("noise_calibration")
+    plain.with_suffix(".json").write_text(json.dumps(side))
+
+    w.model_path.value = calibrated
+    assert w.texture_strength.value == 0.4375
+    w.texture_strength.value = 1.5  # an explicit value stays until another file is chosen
+    assert w.texture_strength.value == 1.5
+    w.model_path.value = plain
+    assert w.texture_strength.value == 1.0
+    w.model_path.value = calibrated
+    assert w.texture_strength.value == 0.4375
+    side["provenance"]["noise_calibration"] = {"chosen": "lots"}  # untrusted: ignored
+    plain.with_suffix(".json").write_text(json.dumps(side))
+    w.model_path.value = plain
+    assert w.texture_strength.value == 1.0
+    # a finished training adopts its generator: the strength and the calibration line follow
+    from types import SimpleNamespace
+
+    from napari_segen.synthesis.trainer import SynthEvent
+
+    line = "texture strength x0.44: beats the flat painting on SSIM (...)"
+    w._on_train_event(SynthEvent("calibration", 6, 6, message=line))
+    assert w.status.value == line
+    w.model_path.value = calibrated  # the checkpoints already named it: no change signal
+    w.texture_strength.value = 1.0
+    w._on_trained(SimpleNamespace(path=calibrated, steps=6, seconds=1.0, quality={}))
+    assert w.texture_strength.value == 0.4375
+    assert w.status.value.startswith(line) and "trained 6 steps" in w.status.value

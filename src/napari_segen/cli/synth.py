@@ -30,7 +30,7 @@ from ._common import (
 
 #: The recipes of ``--preset`` (the trainer's ``PRESETS``; named here so that the
 #: parser is built without importing torch).
-PRESET_NAMES = ("pix2pix", "texture")
+PRESET_NAMES = ("pix2pix", "texture", "balanced")
 
 
 def add_parser(sub) -> None:
@@ -63,7 +63,12 @@ def _add_train(ss) -> None:
         "beside it; sample grids (mask | real | generated) go to <name>_samples/. Held-out "
         "pairs give an SSIM/PSNR/FID readout at the end. --preset texture trains the variant "
         "meant to draw texture (resize-then-convolve up-sampling, per-layer noise, a 2-scale "
-        "discriminator with feature matching, L1 weight 10); single flags override a preset.",
+        "discriminator with feature matching, L1 weight 10); --preset balanced is texture with "
+        "an SSIM-trained noise-free drawing and mode seeking. A noise generator's texture "
+        "strength is calibrated on the held-out pairs after training (the largest that beats a "
+        "flat class-mean painting on SSIM and FID or feature distance) and recorded in the "
+        "file, where generate and export take it as their default; single flags override a "
+        "preset.",
     )
     add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
@@ -118,9 +123,11 @@ def _add_train(ss) -> None:
         "--preset",
         choices=list(PRESET_NAMES),
         default="pix2pix",
-        help="recipe: 'pix2pix' (the paper's) or 'texture' (resize up-sampling, noise, 2-scale "
-        "discriminator, feature matching 10, L1 10); the flags below override it "
-        "(default: pix2pix)",
+        help="recipe: 'pix2pix' (the paper's), 'texture' (resize up-sampling, noise, 2-scale "
+        "discriminator, feature matching 10, L1 10) or 'balanced' (texture with an "
+        "SSIM-trained noise-free drawing and mode seeking: L1 30 and SSIM 300 on the "
+        "noise-free drawing, feature matching 50, mode seeking 0.3; its texture strength is "
+        "calibrated after training); the flags below override it (default: pix2pix)",
     )
     t.add_argument(
         "--upsample",
@@ -160,7 +167,8 @@ def _add_train(ss) -> None:
         "--l1-weight",
         type=float,
         default=None,
-        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture)",
+        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture, 30 for "
+        "balanced)",
     )
     t.add_argument(
         "--l1-sigma",
@@ -175,7 +183,8 @@ def _add_train(ss) -> None:
         action="store_true",
         default=None,
         help="apply the L1 term to the generator's noise-free drawing, so the noise is free "
-        "to draw texture (needs a noise generator, e.g. --preset texture)",
+        "to draw texture (needs a noise generator, e.g. --preset texture; default: the "
+        "preset's, on for balanced)",
     )
     t.add_argument(
         "--ssim-weight",
@@ -183,7 +192,7 @@ def _add_train(ss) -> None:
         default=None,
         metavar="W",
         help="weight of an SSIM term beside L1 on the drawing L1 judges (keeps local "
-        "contrast; default: the preset's, 0)",
+        "contrast; default: the preset's: 300 for balanced, else 0)",
     )
     t.add_argument(
         "--mode-seeking",
@@ -192,7 +201,7 @@ def _add_train(ss) -> None:
         metavar="W",
         help="weight of a mode-seeking term that rewards different images for different "
         "noise, so the generator cannot learn to ignore its noise (needs a noise generator; "
-        "default: the preset's, 0)",
+        "default: the preset's: 0.3 for balanced, else 0)",
     )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
@@ -204,6 +213,12 @@ def _add_train(ss) -> None:
     t.add_argument("--samples-dir", default=None, help="folder for sample grids")
     t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     t.add_argument("--no-eval", action="store_true", help="skip the quality readout")
+    t.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not calibrate a noise generator's texture strength on the held-out pairs "
+        "after training (generation then defaults to strength 1)",
+    )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     t.add_argument("--out", "-o", required=True, help="generator model file (.safetensors)")
@@ -355,11 +370,12 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise-strength",
         type=float,
-        default=1.0,
+        default=None,
         metavar="S",
         help="scale of the texture noise of a generator trained with --noise: 1 = as trained, "
         "0 = its noise-free drawing; lower values give smoother images with less grain, "
-        "higher ones more (ignored by generators without noise; default: 1.0)",
+        "higher ones more (ignored by generators without noise; default: the strength "
+        "calibrated when the generator was trained, else 1)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument(
@@ -371,8 +387,9 @@ def _add_model_and_masks(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _noise_strength(args: argparse.Namespace) -> float:
-    """--noise-strength, checked before anything is read or written."""
+def _noise_strength(args: argparse.Namespace) -> float | None:
+    """--noise-strength, checked before anything is read or written (None: the generator's
+    recommended strength)."""
     from ..synthesis.generate import check_noise_strength
 
     try:
@@ -403,6 +420,7 @@ def _read_masks(items: list[str], mask_map: str | None):
 
 def run_train(args: argparse.Namespace) -> int:
     from ..metrics.report import format_quality_report
+    from ..synthesis.calibrate import has_noise_maps, recommended_noise_strength
     from ..synthesis.trainer import SynthConfig, train_pix2pix
     from ..training.assembly import assemble_pix2pix
 
@@ -437,6 +455,7 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         time_limit_s=args.time_limit,
         evaluate=not args.no_eval,
+        calibrate_noise=not args.no_calibrate,
     )
     cfg.check()  # a setting the networks cannot take is told before the images are read
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -472,6 +491,7 @@ def run_train(args: argparse.Namespace) -> int:
         },
     )
     bar = progress_bar(cfg.steps, "pix2pix", args.quiet)
+    calibration: list[str] = []
 
     def on_event(ev) -> None:
         if ev.kind == "step":
@@ -481,11 +501,17 @@ def run_train(args: argparse.Namespace) -> int:
             bar.write(f"step {ev.step:6d}  samples -> {ev.path}")
         elif ev.kind == "saved":
             bar.write(f"step {ev.step:6d}  checkpoint -> {ev.path}")
+        elif ev.kind == "calibrating":
+            bar.set_postfix_str(ev.message, refresh=True)
+        elif ev.kind == "calibration":
+            calibration.append(ev.message)
 
     try:
         result = drive(gen, on_event)
     finally:
         bar.close()
+    for line in calibration:
+        print(line)
     if result.quality:
         print("held-out quality (generated vs real images of the same masks):")
         print(format_quality_report(result.quality))
@@ -498,6 +524,9 @@ def run_train(args: argparse.Namespace) -> int:
         "psnr": result.quality.get("psnr", {}).get("mean"),
         "fid": result.quality.get("fid"),
         "feature_distance": result.quality.get("feature_distance"),
+        "noise_strength": (
+            recommended_noise_strength(result.model) if has_noise_maps(result.model) else None
+        ),
     }
     print(json.dumps(summary))
     return 0

@@ -1,8 +1,14 @@
-"""Synthetic training pairs: pix2pix training, mask transforms, generation, export.
+"""Synthetic training pairs: pix2pix training, mask transforms, generation, export, and the
+calibration of a noise generator's texture strength.
 
 No Qt, no napari.
 """
 
+from .calibrate import (
+    NoiseCalibration,
+    iter_calibrate_noise_strength,
+    recommended_noise_strength,
+)
 from .generate import (
     ExportResult,
     export_pairs,
@@ -19,6 +25,7 @@ from .trainer import SynthConfig, SynthEvent, SynthResult, train_pix2pix
 __all__ = [
     "ExportResult",
     "MaskTransformConfig",
+    "NoiseCalibration",
     "SynthConfig",
     "SynthEvent",
     "SynthResult",
@@ -26,10 +33,12 @@ __all__ = [
     "generate_image",
     "generate_tensor",
     "iter_export_pairs",
+    "iter_calibrate_noise_strength",
     "iter_generate",
     "iter_random_masks",
     "load_generator",
     "random_mask_transform",
+    "recommended_noise_strength",
     "seeded_series",
     "train_pix2pix",
 ]

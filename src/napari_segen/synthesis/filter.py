@@ -253,6 +253,7 @@ def iter_export_filtered(
     device: str | torch.device = "auto",
     tile_size: int | None = None,
     overwrite: bool = False,
+    noise_strength: float | None = None,
     **export_kwargs: Any,
 ) -> Generator[Progress, None, FilteredExport]:
     """Export ``n`` pairs (:func:`~napari_segen.synthesis.generate.iter_export_pairs`) and,
@@ -264,7 +265,8 @@ def iter_export_filtered(
     ``min_dice`` and the scores file are checked before the first pair is
     written. ``device`` and ``tile_size`` serve both the generator and the filter
     model; ``export_kwargs`` are :func:`iter_export_pairs`' (``transform``,
-    ``seed``, ``noise_strength``...).
+    ``seed``...). ``noise_strength`` scales a noise generator's texture (None: the
+    strength calibrated when it was trained, else 1).
     """
     scores_path = None
     if filter_model is not None:
@@ -276,7 +278,7 @@ def iter_export_filtered(
     export = yield from map_events(
         iter_export_pairs(
             generator, masks, out_dir, n, device=device, tile_size=tile_size,
-            overwrite=overwrite, **export_kwargs,
+            overwrite=overwrite, noise_strength=noise_strength, **export_kwargs,
         ),
         lambda e: Progress(e.done, total, e.message, e.path),
     )  # fmt: skip

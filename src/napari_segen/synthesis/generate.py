@@ -36,6 +36,7 @@ from ..utils.atomic import (
 )
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive
+from .calibrate import recommended_noise_strength
 from .masks import MaskTransformConfig, iter_random_masks
 
 
@@ -80,11 +81,21 @@ def load_generator(
     return check_generator(model)
 
 
-def check_noise_strength(noise_strength: float) -> float:
-    """Raise a ValueError unless ``noise_strength`` is a finite number >= 0; return it."""
+def check_noise_strength(noise_strength: float | None) -> float | None:
+    """Raise a ValueError unless ``noise_strength`` is None (the generator's recommended
+    strength) or a finite number >= 0; return it."""
+    if noise_strength is None:
+        return None
     if not (np.isfinite(noise_strength) and noise_strength >= 0):
         raise ValueError(f"the noise strength must be >= 0 (and finite), got {noise_strength}")
     return float(noise_strength)
+
+
+def resolve_noise_strength(model: LoadedModel, noise_strength: float | None) -> float:
+    """``noise_strength`` checked, or the generator's recommended strength when None
+    (:func:`~napari_segen.synthesis.calibrate.recommended_noise_strength`)."""
+    checked = check_noise_strength(noise_strength)
+    return recommended_noise_strength(model) if checked is None else checked
 
 
 def _label_array(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -113,7 +124,7 @@ def generate_tensor(
     seed: int | None = None,
     overlap: int | None = None,
     halo: int | None = None,
-    noise_strength: float = 1.0,
+    noise_strength: float | None = None,
 ) -> torch.Tensor:
     """Generate from one ``(H, W)`` label map: a ``(C, H, W)`` float tensor in [-1, 1] on the CPU.
 
@@ -140,10 +151,11 @@ def generate_tensor(
         overlap: pixels shared by neighbouring tiles (default: half a tile).
         halo: tile-border pixels discarded where tiles meet (default: 0).
         noise_strength: scale of a noise generator's noise maps (1: as trained, 0: its
-            noise-free drawing); ignored by a generator without noise.
+            noise-free drawing; None: the strength calibrated when it was trained, else 1);
+            ignored by a generator without noise.
     """
-    check_noise_strength(noise_strength)
     check_generator(model)
+    noise_strength = resolve_noise_strength(model, noise_strength)
     gen = model.module
     labels = _label_array(labels, gen.num_classes)
     dev = resolve_device(device)
@@ -214,9 +226,12 @@ def seeded_series(
     Map ``i`` is generated with the seed ``seed + i`` (None: unseeded), so a
     seeded series repeats image for image; ``device`` is resolved once and
     ``kwargs`` (``tile_size``, ``stochastic``, ``overlap``, ``halo``,
-    ``noise_strength``) are the same for every map.
+    ``noise_strength``: None, the default, is the generator's recommended strength)
+    are the same for every map.
     """
     dev = resolve_device(device)
+    if "noise_strength" in kwargs:
+        kwargs["noise_strength"] = resolve_noise_strength(model, kwargs["noise_strength"])
 
     def generate_nth(i: int, labels: np.ndarray) -> torch.Tensor:
         nth_seed = None if seed is None else seed + i
@@ -355,7 +370,7 @@ def iter_export_pairs(
     device: str | torch.device = "auto",
     prefix: str = "synth",
     overwrite: bool = False,
-    noise_strength: float = 1.0,
+    noise_strength: float | None = None,
 ) -> Generator[Progress, None, ExportResult]:
     """Write ``n`` synthetic (image, mask) pairs to ``out_dir/images`` and ``out_dir/masks``.
 
@@ -366,10 +381,11 @@ def iter_export_pairs(
     are written as class indices (PNG); unannotated (negative) pixels become
     class 0. Files are named ``<prefix>_0000.png`` and so on; nothing is written
     when any of them exists, unless ``overwrite`` is True. ``noise_strength``
-    scales a noise generator's texture (see :func:`generate_tensor`).
+    scales a noise generator's texture (see :func:`generate_tensor`; None: the
+    strength recorded in the generator file, else 1).
     """
     check_generator(model)
-    check_noise_strength(noise_strength)  # before any folder is made
+    noise_strength = resolve_noise_strength(model, noise_strength)  # before any folder is made
     generate_nth = seeded_series(
         model, device=device, seed=seed, tile_size=tile_size, stochastic=stochastic,
         noise_strength=noise_strength,

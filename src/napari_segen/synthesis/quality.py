@@ -94,17 +94,21 @@ def evaluate_generator(
     seed: int | None = 0,
     tile_size: int | None = None,
     extractor: Any = None,
+    noise_strength: float | None = None,
 ) -> dict[str, Any]:
     """Generate an image for each pair's mask and score it against the pair's real image.
 
-    Use held-out pairs (not seen in training) for an honest readout.
+    Use held-out pairs (not seen in training) for an honest readout. Mask ``i`` gets
+    seed ``seed + i``; ``noise_strength`` scales a noise generator's texture (None: the
+    strength calibrated when it was trained, else 1).
     """
     if not pairs:
         raise ValueError("no image/mask pairs to evaluate the generator on")
     dev = resolve_device(device)
     generate_nth = seeded_series(
-        model, device=dev, seed=seed, stochastic=stochastic, tile_size=tile_size
-    )
+        model, device=dev, seed=seed, stochastic=stochastic, tile_size=tile_size,
+        noise_strength=noise_strength,
+    )  # fmt: skip
     reals, fakes, stored_reals, stored_fakes = [], [], [], []
     for i, p in enumerate(pairs):
         fake = generate_nth(i, np.where(np.asarray(p.mask) < 0, 0, p.mask))

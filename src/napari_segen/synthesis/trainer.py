@@ -13,8 +13,8 @@ distance to the real image; both networks use Adam (2e-4, beta1 0.5), with the
 learning rate decayed linearly to zero over the last ``decay_fraction`` of the
 steps. Training crops are random, flipped and rotated together with their masks.
 
-Options beyond the paper (all off by default; :data:`PRESETS` names two recipes,
-``"pix2pix"``, the paper's, and ``"texture"``): a generator with resize-then-
+Options beyond the paper (all off by default; :data:`PRESETS` names three recipes,
+``"pix2pix"``, the paper's, ``"texture"`` and ``"balanced"``): a generator with resize-then-
 convolve up-sampling and per-layer noise (``upsample``, ``noise``; see
 :mod:`napari_segen.models.pix2pix`), a multi-scale discriminator
 (``d_scales``) and pix2pixHD's feature-matching loss (``fm_weight``: L1
@@ -53,7 +53,9 @@ from ..models.registry import build_model
 from ..training.checkpoint import Checkpoint, check_spec_fits
 from ..training.run import StepProgress, TrainingRun, base_provenance
 from ..utils.atomic import atomic_path
+from ..utils.generators import map_events
 from ..utils.jsonsafe import json_safe
+from .calibrate import NoiseCalibration, has_noise_maps, iter_calibrate_noise_strength
 
 __all__ = [
     "PRESETS",
@@ -65,22 +67,33 @@ __all__ = [
 ]
 
 
-#: Named recipes: the fields each sets (the rest keep their defaults, or the caller's).
-#: ``"pix2pix"`` is the paper's (and the defaults); ``"texture"`` is the variant meant
-#: to draw texture: resize-then-convolve up-sampling (no checkerboard), per-layer
-#: noise in the decoder, two discriminator scales with pix2pixHD's feature
-#: matching (weight 10, as there), and an L1 term cut from 100 to 10, because a
-#: heavy L1 term pulls every pixel to its conditional median, which is smooth and
-#: makes the generator ignore its noise. Not yet benchmarked against "pix2pix";
-#: ``benchmarks/synth_quality.py --preset texture`` does that.
+#: Named recipes: every recipe option each sets (the rest keep their defaults, or the
+#: caller's). ``"pix2pix"`` is the paper's (and the defaults); ``"texture"`` is the variant
+#: meant to draw texture: resize-then-convolve up-sampling (no checkerboard), per-layer
+#: noise in the decoder, two discriminator scales with pix2pixHD's feature matching
+#: (weight 10, as there), and an L1 term cut from 100 to 10, because a heavy L1 term
+#: pulls every pixel to its conditional median, which is smooth and makes the generator
+#: ignore its noise. ``"balanced"`` is "texture" with the L1 term (30) and an SSIM term
+#: (300) on the noise-free drawing, feature matching 50 and mode seeking (0.3), so the
+#: drawing holds the structure and the noise the texture; its texture strength is then
+#: calibrated on the held-out pairs (see :mod:`napari_segen.synthesis.calibrate`). On
+#: ISBI (``benchmarks/synth_quality.py``) it beat a flat class-mean painting on both SSIM
+#: and a feature distance at its calibrated strength, where at strength 1 it lost on SSIM.
 PRESETS: dict[str, dict[str, Any]] = {
     "pix2pix": {
         "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
-        "l1_weight": 100.0,
+        "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
+        "ms_weight": 0.0,
     },
     "texture": {
         "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
-        "l1_weight": 10.0,
+        "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
+        "ms_weight": 0.0,
+    },
+    "balanced": {
+        "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
+        "l1_weight": 30.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 300.0,
+        "ms_weight": 0.3,
     },
 }  # fmt: skip
 
@@ -146,6 +159,10 @@ class SynthConfig:
         time_limit_s: stop after this many seconds (a checkpoint is written).
         evaluate: after training, score generated against real held-out images
             (SSIM, PSNR, FID/KID) through ``napari_segen.metrics``.
+        calibrate_noise: with ``evaluate``, held-out pairs and a noise generator, choose
+            its texture strength on the held-out pairs after training (see
+            :func:`~napari_segen.synthesis.calibrate.iter_calibrate_noise_strength`) and
+            record it in the model file, where generation takes it as its default.
     """
 
     steps: int = 2000
@@ -180,6 +197,7 @@ class SynthConfig:
     checkpoint_every: int = 500
     time_limit_s: float | None = None
     evaluate: bool = True
+    calibrate_noise: bool = True
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> SynthConfig:
@@ -258,9 +276,12 @@ class SynthEvent(StepProgress):
 
     ``kind`` is ``"step"`` (after each step, with ``losses``), ``"sample"`` (a
     sample grid was written: ``path``, and the grid as ``image``), ``"saved"``
-    (a checkpoint was written to ``path``) or ``"quality"`` (``metrics`` of the
-    generated vs real held-out images). ``done``/``total`` (= ``step``/``total_steps``)
-    feed a progress bar like any :class:`~napari_segen.utils.generators.Progress`.
+    (a checkpoint was written to ``path``), ``"calibrating"`` (one texture
+    strength scored, ``message`` says which), ``"calibration"`` (the texture
+    strength chosen: ``metrics`` is the calibration, ``message`` its summary) or
+    ``"quality"`` (``metrics`` of the generated vs real held-out images).
+    ``done``/``total`` (= ``step``/``total_steps``) feed a progress bar like any
+    :class:`~napari_segen.utils.generators.Progress`.
     """
 
     kind: str
@@ -437,6 +458,8 @@ def train_pix2pix(
     model = LoadedModel(gen, spec, run.out)
     quality: dict[str, Any] = {}
     if cfg.evaluate and val_pairs:
+        if cfg.calibrate_noise and has_noise_maps(model):
+            yield from _calibrate_noise(run, model, pairs, val_pairs, step, cfg.steps)
         quality = yield from _held_out_quality(run, model, val_pairs, step, cfg.steps)
     return SynthResult(
         run.out, model, step, log.history, quality, previews.written, stopped_early, run.elapsed
@@ -633,10 +656,33 @@ class _Previews:
         return SynthEvent("sample", step, total, path=str(path) if path else None, image=grid)
 
 
+def _calibrate_noise(
+    run: TrainingRun,
+    model: LoadedModel,
+    fit_pairs: Sequence[LabeledImage],
+    val_pairs: Sequence[LabeledImage],
+    step: int,
+    total: int,
+) -> Generator[SynthEvent, None, NoiseCalibration]:
+    """Choose the texture strength on the held-out pairs; record it in the model file."""
+    calibration = yield from map_events(
+        iter_calibrate_noise_strength(model, fit_pairs, val_pairs, device=str(run.device)),
+        lambda p: SynthEvent("calibrating", step, total, message=p.message),
+    )
+    yield SynthEvent(
+        "calibration", step, total, metrics=calibration.to_json(), message=calibration.summary()
+    )
+    model.spec.provenance["noise_calibration"] = calibration.to_json()
+    if run.writes:
+        run.save_model(model.module, model.spec, step)
+    return calibration
+
+
 def _held_out_quality(
     run: TrainingRun, model: LoadedModel, val_pairs: Sequence[LabeledImage], step: int, total: int
 ) -> Generator[SynthEvent, None, dict[str, Any]]:
-    """Score generated against real held-out images; record it in the model file."""
+    """Score generated against real held-out images (at the recommended texture strength);
+    record it in the model file."""
     from .quality import evaluate_generator
 
     quality = evaluate_generator(model, val_pairs, device=str(run.device))

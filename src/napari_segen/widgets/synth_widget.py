@@ -16,13 +16,16 @@ Three actions, each run off the GUI thread by a
   (``scores.csv`` beside the pairs), in the same task as the export.
 
 "Texture strength" scales the noise maps of a generator trained with noise
-(1: as trained, 0: its noise-free drawing) for Generate and Export.
+(1: as trained, 0: its noise-free drawing) for Generate and Export; choosing a
+generator file sets it to the strength calibrated when that generator was
+trained (1 when none was), which the user can still change.
 
 "Score generator" compares the image generated from the Labels layer with the
 Image layer. The form starts with settings a CPU finishes in minutes (crop 128,
 width 32, 300 steps) and the paper's on a GPU (256, 64, 2000); the network width,
-the recipe (the paper's pix2pix, or "texture": resize up-sampling, noise maps,
-a 2-scale discriminator with feature matching) and its single options,
+the recipe (the paper's pix2pix; "texture": resize up-sampling, noise maps,
+a 2-scale discriminator with feature matching; or "balanced": texture with an
+SSIM-trained noise-free drawing and mode seeking) and its single options,
 held-out share, time limit and resume sit in a folded "Advanced" section. While
 training, the status shows the time left; the saved file's full path can be copied.
 All the work is done by :mod:`napari_segen.synthesis`.
@@ -130,9 +133,10 @@ def train_job(
 
 def generate_job(
     path: Path, labels: np.ndarray, device: str, stochastic: bool, seed: int | None,
-    noise_strength: float = 1.0,
+    noise_strength: float | None = None,
 ) -> Generator[Any, None, np.ndarray]:  # fmt: skip
-    """Generate an image (or a stack) from ``labels`` with the generator in ``path``."""
+    """Generate an image (or a stack) from ``labels`` with the generator in ``path``
+    (``noise_strength`` None: its recommended texture strength)."""
     from ..synthesis.generate import iter_generate, load_generator
 
     model = load_generator(path)
@@ -146,7 +150,7 @@ def generate_job(
 
 def export_job(
     path: Path, masks: list[np.ndarray], out_dir: Path, n: int, device: str, stochastic: bool,
-    overwrite: bool, seed: int | None, noise_strength: float = 1.0,
+    overwrite: bool, seed: int | None, noise_strength: float | None = None,
     filter_path: Path | None = None, min_dice: float = 0.7,
 ) -> Generator[Any, None, Any]:  # fmt: skip
     """Export ``n`` pairs and, with ``filter_path`` (a segmentation model), keep only those
@@ -205,6 +209,7 @@ class SynthesizeWidget(Container):
         self.last_quality: dict[str, Any] | None = None
         self.last_export: Any = None
         self.last_filter: Any = None
+        self.last_calibration: str = ""
 
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)
         self.labels_layer = ComboBox(label="Labels (classes)", choices=self._labels_choices)
@@ -229,7 +234,9 @@ class SynthesizeWidget(Container):
             label="Recipe", choices=list(PRESETS), value="pix2pix",
             tooltip="pix2pix: the paper's. texture: resize-then-convolve up-sampling (no "
             "checkerboard), noise maps in the decoder, a 2-scale discriminator with feature "
-            "matching and a lighter L1 term. Choosing one sets the options below.",
+            "matching and a lighter L1 term. balanced: texture with an SSIM-trained noise-free "
+            "drawing and mode seeking; its texture strength is calibrated after training. "
+            "Choosing one sets the options below.",
         )  # fmt: skip
         self.upsample = ComboBox(
             label="Up-sampling", choices=["transpose", "resize", "bilinear"],
@@ -255,22 +262,22 @@ class SynthesizeWidget(Container):
             tooltip="weight of the L1 distance to the real image (the paper: 100)",
         )  # fmt: skip
         self.l1_sigma = FloatSpinBox(
-            label="L1 low-pass (px)", value=0.0, min=0.0, max=64.0, step=0.5,
+            label="L1 low-pass (px)", value=paper["l1_sigma"], min=0.0, max=64.0, step=0.5,
             tooltip="compare real and generated images through a Gaussian low-pass of this "
             "sigma in the L1 term, so it holds the layout and leaves texture free (0: per pixel)",
         )  # fmt: skip
         self.l1_noise_free = CheckBox(
-            text="L1 on the noise-free drawing", value=False,
+            text="L1 on the noise-free drawing", value=paper["l1_noise_free"],
             tooltip="apply the L1 term to the generator's drawing without noise, so the noise is "
             "free to draw texture (needs noise maps)",
         )  # fmt: skip
         self.ssim_weight = FloatSpinBox(
-            label="SSIM weight", value=0.0, min=0.0, max=10_000.0, step=10.0,
+            label="SSIM weight", value=paper["ssim_weight"], min=0.0, max=10_000.0, step=10.0,
             tooltip="an SSIM term beside L1 on the drawing L1 judges (keeps local contrast; "
             "0: off)",
         )  # fmt: skip
         self.ms_weight = FloatSpinBox(
-            label="Mode seeking", value=0.0, min=0.0, max=100.0, step=0.1,
+            label="Mode seeking", value=paper["ms_weight"], min=0.0, max=100.0, step=0.1,
             tooltip="rewards different images for different noise, so the generator cannot "
             "learn to ignore its noise maps (needs noise maps; 0: off)",
         )  # fmt: skip
@@ -305,8 +312,10 @@ class SynthesizeWidget(Container):
             label="Texture strength", value=1.0, min=0.0, max=2.0, step=0.25,
             tooltip="scale of the noise maps of a generator trained with noise (the bundled "
             "one is): 1 = as trained, 0 = its noise-free drawing; lower gives smoother images "
-            "with less grain, higher more. No effect on a generator without noise.",
+            "with less grain, higher more. Choosing a generator sets it to the strength "
+            "calibrated when it was trained (else 1). No effect on a generator without noise.",
         )  # fmt: skip
+        self.texture_strength.native.setDecimals(4)  # calibrated strengths are sixteenths
         self.generate_button = PushButton(text="Generate image from labels")
         self.n_pairs = SpinBox(label="Pairs to export", value=20, min=1, max=1_000_000)
         self.export_dir = FileEdit(
@@ -385,6 +394,8 @@ class SynthesizeWidget(Container):
         self._device_kind = device_kind(str(self.device.value))
         self.device.changed.connect(self._on_device)
         self.preset.changed.connect(self._on_preset)
+        self.model_path.changed.connect(self._on_generator_changed)
+        self._on_generator_changed(self.model_path.value)
         self.filter_model.changed.connect(self._on_filter_changed)
         catalog.changed.connect(self._on_catalog_changed)
         self.image_layer.changed.connect(self._pick_labels)
@@ -457,12 +468,24 @@ class SynthesizeWidget(Container):
         return {
             "upsample": self.upsample, "noise": self.noise, "d_scales": self.d_scales,
             "fm_weight": self.fm_weight, "l1_weight": self.l1_weight,
+            "l1_sigma": self.l1_sigma, "l1_noise_free": self.l1_noise_free,
+            "ssim_weight": self.ssim_weight, "ms_weight": self.ms_weight,
         }  # fmt: skip
 
     def _on_preset(self, value: Any) -> None:
         """Set the recipe's options (each can still be changed afterwards)."""
         for key, widget in self._recipe_widgets().items():
             widget.value = PRESETS[str(value)][key]
+
+    def _on_generator_changed(self, value: Any = None) -> None:
+        """Set Texture strength to the chosen generator's recommended strength (read from
+        its small JSON sidecar only: this runs on the GUI thread)."""
+        from ..synthesis.calibrate import file_noise_strength
+
+        path = self.model_path.value if value is None else value
+        strength = file_noise_strength(None if path is None else Path(str(path)))
+        spin = self.texture_strength
+        spin.value = min(max(strength, spin.min), spin.max)
 
     def copy_path(self, *_: Any) -> None:
         """Put the saved generator's full path on the clipboard."""
@@ -592,6 +615,7 @@ class SynthesizeWidget(Container):
             show_error(str(err))
             return
         self.status.value = "training pix2pix..."
+        self.last_calibration = ""
         self._eta_start = None
         self.runner.start(
             train_job, [source], out, cfg, float(self.val_split.value), bool(self.resume.value),
@@ -627,17 +651,25 @@ class SynthesizeWidget(Container):
         elif ev.kind == "saved":
             self.model_path.value = ev.path
             self._show_saved(ev.path)
+        elif ev.kind == "calibrating":
+            self.status.value = f"calibrating the texture strength: {ev.message}"
+        elif ev.kind == "calibration":
+            self.last_calibration = ev.message
+            self.status.value = ev.message
 
     def _on_trained(self, result: Any) -> None:
         self.last_result = result
         if result.path is not None:
             self.model_path.value = result.path
             self._show_saved(result.path)
+            self._on_generator_changed(result.path)  # the same path: no change signal
         self.status.value = (
             f"trained {result.steps} steps in {result.seconds:.0f} s -> {result.path}"
         )
         if result.quality:
             self.show_quality(result.quality)
+        if self.last_calibration:
+            self.status.value = f"{self.last_calibration}. {self.status.value}"
 
     def generate(self, *_: Any) -> None:
         """Generate an image from the Labels layer into ``<labels> synthetic``."""
