@@ -436,7 +436,7 @@ def test_train_calibrates_the_texture_strength(folders, tmp_path, capsys, calibr
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     prov = json.loads(out.with_suffix(".json").read_text())["provenance"]
-    assert prov["config"]["ssim_weight"] == 300.0 and prov["config"]["ms_weight"] == 0.3
+    assert prov["config"]["ssim_weight"] == 1000.0 and prov["config"]["ms_weight"] == 0.3
     assert "held_out_quality" in prov
     if calibrate:
         chosen = prov["noise_calibration"]["chosen"]

@@ -125,7 +125,7 @@ def _add_train(ss) -> None:
         default="pix2pix",
         help="recipe: 'pix2pix' (the paper's), 'texture' (resize up-sampling, noise, 2-scale "
         "discriminator, feature matching 10, L1 10) or 'balanced' (texture with an "
-        "SSIM-trained noise-free drawing and mode seeking: L1 30 and SSIM 300 on the "
+        "SSIM-trained noise-free drawing and mode seeking: L1 10 and SSIM 1000 on the "
         "noise-free drawing, feature matching 50, mode seeking 0.3; its texture strength is "
         "calibrated after training); the flags below override it (default: pix2pix)",
     )
@@ -167,7 +167,7 @@ def _add_train(ss) -> None:
         "--l1-weight",
         type=float,
         default=None,
-        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture, 30 for "
+        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture and "
         "balanced)",
     )
     t.add_argument(
@@ -192,7 +192,7 @@ def _add_train(ss) -> None:
         default=None,
         metavar="W",
         help="weight of an SSIM term beside L1 on the drawing L1 judges (keeps local "
-        "contrast; default: the preset's: 300 for balanced, else 0)",
+        "contrast; default: the preset's: 1000 for balanced, else 0)",
     )
     t.add_argument(
         "--mode-seeking",

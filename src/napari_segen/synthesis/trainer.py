@@ -73,8 +73,8 @@ __all__ = [
 #: noise in the decoder, two discriminator scales with pix2pixHD's feature matching
 #: (weight 10, as there), and an L1 term cut from 100 to 10, because a heavy L1 term
 #: pulls every pixel to its conditional median, which is smooth and makes the generator
-#: ignore its noise. ``"balanced"`` is "texture" with the L1 term (30) and an SSIM term
-#: (300) on the noise-free drawing, feature matching 50 and mode seeking (0.3), so the
+#: ignore its noise. ``"balanced"`` is "texture" with the L1 term (10) and an SSIM term
+#: (1000) on the noise-free drawing, feature matching 50 and mode seeking (0.3), so the
 #: drawing holds the structure and the noise the texture; its texture strength is then
 #: calibrated on the held-out pairs (see :mod:`napari_segen.synthesis.calibrate`). On
 #: ISBI (``benchmarks/synth_quality.py``) it beat a flat class-mean painting on both SSIM
@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "balanced": {
         "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
-        "l1_weight": 30.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 300.0,
+        "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 1000.0,
         "ms_weight": 0.3,
     },
 }  # fmt: skip
