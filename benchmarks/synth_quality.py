@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     from napari_segen.data.datasets import pairs_from_folders
     from napari_segen.models import build_model
     from napari_segen.models.model_file import LoadedModel
+    from napari_segen.synthesis.calibrate import recommended_noise_strength
     from napari_segen.synthesis.generate import generate_tensor, load_generator, to_unit
     from napari_segen.synthesis.quality import real_to_unit
     from napari_segen.synthesis.trainer import SynthConfig, _init_weights, train_pix2pix
@@ -276,6 +277,10 @@ def main(argv=None) -> int:
     }
     for strength in args.noise_strengths:
         fakes[f"{args.preset} (noise x{strength:g})"] = gen_all(model, strength=strength)
+    recorded = None  # the strength calibrated when the generator was trained, if any
+    if "noise_calibration" in model.spec.provenance:
+        recorded = f"{args.preset} (its calibrated x{recommended_noise_strength(model):g})"
+        fakes[recorded] = gen_all(model, strength=recommended_noise_strength(model))
     compared = []
     for path in args.compare:
         name = f"{Path(path).stem} (file)"
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
         "feature": ref.get("feature"), "fid": ref.get("fid"),
         "feature_distance": ref.get("feature_distance"),
     }  # fmt: skip
-    shown = main_name  # the montage shows the calibrated strength when there is one
+    shown = recorded or main_name  # the montage shows the calibrated strength if there is one
     if calibration is not None and calibration["chosen"] != 1.0:
         shown = f"{args.preset} (noise x{calibration['chosen']:g})"
     montage(
@@ -321,6 +326,15 @@ def main(argv=None) -> int:
     for name, s in scores.items():
         print(f"{name:40s} {s['ssim']:7.4f} {s['psnr']:8.2f} {s[dist_key]:17.4f}")
     print(f"{'reference: real train vs held-out':40s} {'':7s} {'':8s} {reference[dist_key]:17.4f}")
+    if recorded is not None:
+        r, b = scores[recorded], scores["baseline: class-mean intensity"]
+        wins = r["ssim"] > b["ssim"] and r[dist_key] < b[dist_key]
+        print(
+            f"at the strength recorded in the file: SSIM {r['ssim']:.4f} vs {b['ssim']:.4f}, "
+            f"{dist_key} {r[dist_key]:.4f} vs {b[dist_key]:.4f}: "
+            + ("beats" if wins else "does not beat")
+            + " the class-mean painting on both"
+        )
     for base in ("baseline: class-mean intensity", "baseline: untrained generator", *compared):
         b = scores[base]
         print(
