@@ -440,7 +440,7 @@ def test_bad_synthetic_input_is_one_line_and_starts_nothing(
     widget.synthetic_share.value = 0.3
     widget.start()
     assert len(shown) == 1 and "\n" not in shown[0]
-    assert "choose the synthetic masks folder" in shown[0] and "Advanced settings" in shown[0]
+    assert "give the synthetic masks folder too" in shown[0] and "Advanced settings" in shown[0]
     assert not widget.runner.running and widget.runner.worker is None
     (tmp_path / "empty").mkdir()
     widget.synthetic_masks.value = tmp_path / "empty"  # a folder without images

@@ -225,30 +225,16 @@ def add_synthetic_arguments(p: argparse.ArgumentParser) -> None:
 
 def synthetic_from_args(args: argparse.Namespace, say=None):
     """The run's :class:`~napari_segen.training.assembly.SyntheticData`, or None when unused."""
-    from ..training.assembly import MAX_SYNTHETIC_SHARE, FolderSource, SyntheticData
+    from ..training.assembly import choose_synthetic
 
     images = getattr(args, "synthetic_images", None)
     masks = getattr(args, "synthetic_masks", None)
     share = getattr(args, "synthetic_share", 0.0)
     pretrain = getattr(args, "synthetic_pretrain", False)
-    if not (images or masks):
-        if share or pretrain:
-            raise UserError("--synthetic-share/--synthetic-pretrain need --synthetic-images "
-                            "and --synthetic-masks")  # fmt: skip
-        return None
-    if not (images and masks):
-        raise UserError("give both --synthetic-images and --synthetic-masks")
-    if not 0 <= share <= MAX_SYNTHETIC_SHARE:
-        raise UserError(
-            f"--synthetic-share {share} refused: give 0 to {MAX_SYNTHETIC_SHARE} (more "
-            "synthetic than real crops trains on the generator's look, not the real images')"
-        )
-    if pretrain and share:
-        raise UserError("--synthetic-pretrain uses the synthetic pairs on their own first; "
-                        "leave out --synthetic-share")  # fmt: skip
-    if not pretrain and share == 0:
-        if say is not None:
-            say(SYNTHETIC_OFF)
-        return None
-    source = FolderSource(images, masks)
-    return SyntheticData(source, share, "pretrain" if pretrain else "mix")
+    try:
+        chosen = choose_synthetic(images, masks, share, pretrain)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    if chosen is None and images and say is not None:
+        say(SYNTHETIC_OFF)
+    return chosen

@@ -513,6 +513,57 @@ class SyntheticData:
         return self.mode == "pretrain" or self.share > 0
 
 
+@dataclass(frozen=True)
+class SyntheticFields:
+    """How a front end names the synthetic-pair settings in its messages."""
+
+    images: str = "--synthetic-images"
+    masks: str = "--synthetic-masks"
+    share: str = "--synthetic-share"
+    pretrain: str = "--synthetic-pretrain"
+    where: str = ""  # e.g. " under Advanced settings"
+
+
+def choose_synthetic(
+    images: str | os.PathLike | None,
+    masks: str | os.PathLike | None,
+    share: float,
+    pretrain: bool,
+    fields: SyntheticFields = SyntheticFields(),
+) -> SyntheticData | None:
+    """The synthetic pairs a form or command line asks for, or None when they are not used
+    (no folders; or folders with share 0 and no pre-training).
+
+    Raises a ValueError that names the setting (as ``fields`` calls it) and what to do:
+    a share or pre-training without both folders, one folder only, a share outside
+    0..``MAX_SYNTHETIC_SHARE``, pre-training together with a share.
+    """
+    images, masks = images or None, masks or None
+    f = fields
+    if not (images or masks):
+        if share or pretrain:
+            raise ValueError(
+                f"{f.share} and {f.pretrain} need {f.images} and {f.masks}{f.where}: give both, "
+                f"or set {f.share} to 0 and leave out {f.pretrain}"
+            )
+        return None
+    if not (images and masks):
+        raise ValueError(f"give {f.masks if images else f.images} too{f.where}, or neither folder")
+    if not 0 <= share <= MAX_SYNTHETIC_SHARE:
+        raise ValueError(
+            f"{f.share} {share:g} refused: give 0 to {MAX_SYNTHETIC_SHARE:g} (more synthetic "
+            "than real crops trains on the generator's look, not the real images')"
+        )
+    if pretrain and share:
+        raise ValueError(
+            f"{f.pretrain} uses the synthetic pairs on their own first: set {f.share} to 0, "
+            f"or leave out {f.pretrain} to mix them in"
+        )
+    if not pretrain and share == 0:
+        return None
+    return SyntheticData(FolderSource(images, masks), share, "pretrain" if pretrain else "mix")
+
+
 @dataclass
 class SegmentationRun:
     """What :func:`~napari_segen.training.train_segmentation` needs, assembled."""

@@ -65,7 +65,9 @@ from ..training.assembly import (
     SourcePairs,
     StartModel,
     SyntheticData,
+    SyntheticFields,
     assemble_segmentation,
+    choose_synthetic,
 )
 from ..training.synthetic_pretrain import StageStarted, pretrain_path, pretrain_then_fine_tune
 from ..utils.devices import available_devices
@@ -99,6 +101,11 @@ FINE_TUNE_MINUTES = 1.0
 PREVIEW_WHOLE = 512
 PREVIEW_MAX_SIDE = 512
 _SYNTHETIC_PRETRAIN_TEXT = "Pre-train on synthetic, then fine-tune on real"
+#: The synthetic-pair settings as this form names them in messages.
+SYNTHETIC_FIELDS = SyntheticFields(
+    images="the synthetic images folder", masks="the synthetic masks folder",
+    share="'Synthetic share'", pretrain="pre-training", where=" under Advanced settings",
+)  # fmt: skip
 #: The status when synthetic folders are chosen but nothing asks for them.
 SYNTHETIC_UNUSED = (
     "the synthetic folders are not used: 'Synthetic share' is 0 and pre-training is off "
@@ -368,35 +375,11 @@ class TrainWidget(Container):
         wrong and what to do. The same rules as ``napari-segen train --synthetic-*``."""
         images, masks = _folder_text(self.synthetic_images), _folder_text(self.synthetic_masks)
         share, pretrain = float(self.synthetic_share.value), bool(self.synthetic_pretrain.value)
-        where = "under Advanced settings"
-        if not (images or masks):
-            if share or pretrain:
-                raise ValueError(
-                    "'Synthetic share' and pre-training need the synthetic images and masks "
-                    f"folders; choose both {where}, or set the share to 0 and untick pre-training"
-                )
-            return None
-        if not (images and masks):
-            missing = "masks" if images else "images"
-            raise ValueError(
-                f"choose the synthetic {missing} folder too {where}, or clear both folders"
-            )
-        if not 0 <= share <= MAX_SYNTHETIC_SHARE:
-            raise ValueError(
-                f"'Synthetic share' {share:g} is out of range: give 0 to {MAX_SYNTHETIC_SHARE:g} "
-                "(more synthetic than real crops trains on the generator's look)"
-            )
-        if pretrain and share:
-            raise ValueError(
-                "pre-training uses the synthetic pairs on their own first: set 'Synthetic "
-                "share' to 0, or untick pre-training to mix them in"
-            )
-        if not pretrain and share == 0:
-            return None
-        for what, folder in (("images", images), ("masks", masks)):
-            _check_image_folder(f"synthetic {what}", Path(folder))
-        mode = "pretrain" if pretrain else "mix"
-        return SyntheticData(FolderSource(Path(images), Path(masks)), share, mode)
+        chosen = choose_synthetic(images, masks, share, pretrain, SYNTHETIC_FIELDS)
+        if chosen is not None:
+            for what, folder in (("images", images), ("masks", masks)):
+                _check_image_folder(f"synthetic {what}", Path(folder))
+        return chosen
 
     def _on_out_edited(self, *_: Any) -> None:
         if not getattr(self, "_setting_out", False):
