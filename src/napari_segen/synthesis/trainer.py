@@ -77,8 +77,9 @@ __all__ = [
 #: (1000) on the noise-free drawing, feature matching 50 and mode seeking (0.3), so the
 #: drawing holds the structure and the noise the texture; its texture strength is then
 #: calibrated on the held-out pairs (see :mod:`napari_segen.synthesis.calibrate`). On
-#: ISBI (``benchmarks/synth_quality.py``) it beat a flat class-mean painting on both SSIM
-#: and a feature distance at its calibrated strength, where at strength 1 it lost on SSIM.
+#: ISBI (``benchmarks/synth_quality.py``) one of three such generators beat a flat
+#: class-mean painting on both SSIM and a feature distance at its calibrated strength
+#: (two missed by hairs); at strength 1 all lose on SSIM.
 PRESETS: dict[str, dict[str, Any]] = {
     "pix2pix": {
         "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
