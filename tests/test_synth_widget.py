@@ -200,6 +200,10 @@ def test_balanced_preset_sets_every_recipe_option(widget):
     assert (w.l1_noise_free.value, w.ssim_weight.value, w.ms_weight.value) == (True, 1000, 0.3)
     cfg = w.build_config()
     assert {k: getattr(cfg, k) for k in balanced} == balanced and cfg.calibrate_noise
+    w.preset.value = "augment"  # the recipe synth_augmentation measured (docs/benchmarks.md)
+    assert (w.l1_noise_free.value, w.l1_weight.value, w.fm_weight.value, w.ssim_weight.value,
+            w.ms_weight.value) == (True, 100, 50, 0, 0.1)  # fmt: skip
+    w.build_config().check()
 
 
 def test_never_defaults_to_a_hidden_ground_truth(make_napari_viewer, blobs_image):

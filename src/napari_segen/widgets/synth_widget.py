@@ -234,7 +234,9 @@ class SynthesizeWidget(Container):
             label="Recipe", choices=list(PRESETS), value="pix2pix",
             tooltip="pix2pix: the paper's. texture: resize-then-convolve up-sampling (no "
             "checkerboard), noise maps in the decoder, a 2-scale discriminator with feature "
-            "matching and a lighter L1 term. balanced: texture with an SSIM-trained noise-free "
+            "matching and a lighter L1 term. augment: texture with L1 on the noise-free drawing "
+            "and mode seeking (its pairs helped a 4-image U-Net on ISBI). balanced: texture "
+            "with an SSIM-trained noise-free "
             "drawing and mode seeking; its texture strength is calibrated after training. "
             "Choosing one sets the options below.",
         )  # fmt: skip
