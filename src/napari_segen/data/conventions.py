@@ -13,8 +13,8 @@ DEFAULT_TILE_SIZE = 512
 #: Why synthetic pairs join a training run only when asked (benchmarks/synth_augmentation.py,
 #: docs/benchmarks.md "Synthetic pairs as extra training data"); the CLI and widgets say it.
 SYNTHETIC_MIXING_NOTE = (
-    "synthetic pairs are not mixed into training unless you ask: on ISBI (4 real pairs, 3 "
-    "seeds) texture-generator pairs capped at a third of the crops gave +0.001 to +0.009 "
-    "Dice, within the seeds' spread; uncapped they cost 0.18 and the paper's pix2pix pairs "
-    "0.08 (docs/benchmarks.md)"
+    "synthetic pairs are not mixed into training unless you ask: on ISBI (4 real pairs) "
+    "pairs from an 'augment'-recipe generator capped at a third of the crops gave +0.020 "
+    "Dice (5 seeds, beyond their spread), other recipes +0.001 to +0.009 (within it); "
+    "uncapped they cost 0.18 (docs/benchmarks.md)"
 )
