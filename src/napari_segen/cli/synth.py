@@ -219,7 +219,8 @@ def _add_train(ss) -> None:
         "--no-calibrate",
         action="store_true",
         help="do not calibrate a noise generator's texture strength on the held-out pairs "
-        "after training (generation then defaults to strength 1)",
+        "after training (generation then defaults to strength 1; the augment preset never "
+        "calibrates: its measured gain was at strength 1)",
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -435,6 +436,7 @@ def run_train(args: argparse.Namespace) -> int:
         l1_sigma=args.l1_sigma,
         l1_noise_free=args.l1_noise_free,
         ms_weight=args.mode_seeking,
+        calibrate_noise=False if args.no_calibrate else None,
         ssim_weight=args.ssim_weight,
     )
     cfg = SynthConfig.from_preset(
@@ -457,7 +459,6 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         time_limit_s=args.time_limit,
         evaluate=not args.no_eval,
-        calibrate_noise=not args.no_calibrate,
     )
     cfg.check()  # a setting the networks cannot take is told before the images are read
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None

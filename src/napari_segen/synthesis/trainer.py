@@ -82,27 +82,28 @@ __all__ = [
 #: (two missed by hairs); at strength 1 all lose on SSIM. ``"augment"`` is "texture" with
 #: L1 100 on the noise-free drawing, feature matching 50 and mode seeking 0.1: the only
 #: recipe whose synthetic pairs made a 4-image U-Net better beyond the seeds' spread
-#: (``benchmarks/synth_augmentation.py``, 5 seeds, +0.020 Dice).
+#: (``benchmarks/synth_augmentation.py``, 5 seeds, +0.020 Dice). Its pairs were made at
+#: texture strength 1, so it does not calibrate the strength after training.
 PRESETS: dict[str, dict[str, Any]] = {
     "pix2pix": {
         "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
         "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
-        "ms_weight": 0.0,
+        "ms_weight": 0.0, "calibrate_noise": True,
     },
     "texture": {
         "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
         "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
-        "ms_weight": 0.0,
+        "ms_weight": 0.0, "calibrate_noise": True,
     },
     "augment": {
         "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
         "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 0.0,
-        "ms_weight": 0.1,
+        "ms_weight": 0.1, "calibrate_noise": False,
     },
     "balanced": {
         "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
         "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 1000.0,
-        "ms_weight": 0.3,
+        "ms_weight": 0.3, "calibrate_noise": True,
     },
 }  # fmt: skip
 

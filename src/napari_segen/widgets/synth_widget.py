@@ -283,6 +283,12 @@ class SynthesizeWidget(Container):
             tooltip="rewards different images for different noise, so the generator cannot "
             "learn to ignore its noise maps (needs noise maps; 0: off)",
         )  # fmt: skip
+        self.calibrate_noise = CheckBox(
+            text="Calibrate texture strength after training", value=paper["calibrate_noise"],
+            tooltip="with held-out pairs and noise maps: record the largest texture strength "
+            "whose images beat a flat painting of the mask on SSIM and FID / feature distance; "
+            "Generate and Export then use it",
+        )  # fmt: skip
         self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
         self.max_minutes = FloatSpinBox(
             label="Time limit (min)", value=0.0, min=0.0, max=100_000.0, step=0.5
@@ -373,6 +379,7 @@ class SynthesizeWidget(Container):
                 self.l1_noise_free,
                 self.ssim_weight,
                 self.ms_weight,
+                self.calibrate_noise,
                 self.val_split,
                 self.max_minutes,
                 self.resume,
@@ -472,6 +479,7 @@ class SynthesizeWidget(Container):
             "fm_weight": self.fm_weight, "l1_weight": self.l1_weight,
             "l1_sigma": self.l1_sigma, "l1_noise_free": self.l1_noise_free,
             "ssim_weight": self.ssim_weight, "ms_weight": self.ms_weight,
+            "calibrate_noise": self.calibrate_noise,
         }  # fmt: skip
 
     def _on_preset(self, value: Any) -> None:
@@ -558,6 +566,7 @@ class SynthesizeWidget(Container):
             l1_noise_free=bool(self.l1_noise_free.value),
             ssim_weight=float(self.ssim_weight.value),
             ms_weight=float(self.ms_weight.value),
+            calibrate_noise=bool(self.calibrate_noise.value),
         )
         kw.update(self.config_overrides)
         cfg = SynthConfig(**kw)
