@@ -336,22 +336,21 @@ def test_texture_strength_reaches_generate_and_export(widget, qtbot, tmp_path):
 def test_texture_strength_follows_the_generator_file(widget, tmp_path):
     """Choosing a generator file sets Texture strength to its calibrated strength (1 when
     it has none); the user can still change it."""
-    import json
-    import shutil
-
-    from napari_segen.models import default_generator_path
+    from napari_segen.models import default_generator_path, load_model
+    from napari_segen.models.model_file import save_model
 
     _, w = widget
-    bundled = Path(str(default_generator_path()))
-    calibrated = tmp_path / "calibrated.safetensors"
-    shutil.copy(bundled, calibrated)
-    side = json.loads(bundled.with_suffix(".json").read_text())
-    side.setdefault("provenance", {})["noise_calibration"] = {"chosen": 0.4375}
-    calibrated.with_suffix(".json").write_text(json.dumps(side))
-    plain = tmp_path / "plain.safetensors"
-    shutil.copy(bundled, plain)
-    side["provenance"].pop("noise_calibration")
-    plain.with_suffix(".json").write_text(json.dumps(side))
+    bundled = load_model(default_generator_path())
+
+    def saved(name: str, calibration: dict | None) -> Path:
+        spec = bundled.spec
+        spec.provenance.pop("noise_calibration", None)
+        if calibration is not None:
+            spec.provenance["noise_calibration"] = calibration
+        return save_model(tmp_path / name, bundled.module, spec, overwrite=True)
+
+    calibrated = saved("calibrated.safetensors", {"chosen": 0.4375})
+    plain = saved("plain.safetensors", None)
 
     w.model_path.value = calibrated
     assert w.texture_strength.value == 0.4375
@@ -361,8 +360,7 @@ def test_texture_strength_follows_the_generator_file(widget, tmp_path):
     assert w.texture_strength.value == 1.0
     w.model_path.value = calibrated
     assert w.texture_strength.value == 0.4375
-    side["provenance"]["noise_calibration"] = {"chosen": "lots"}  # untrusted: ignored
-    plain.with_suffix(".json").write_text(json.dumps(side))
+    saved("plain.safetensors", {"chosen": "lots"})  # untrusted: ignored
     w.model_path.value = plain
     assert w.texture_strength.value == 1.0
     # a finished training adopts its generator: the strength and the calibration line follow

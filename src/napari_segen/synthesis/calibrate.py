@@ -18,19 +18,17 @@ No Qt, no napari.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..data.datasets import LabeledImage
-from ..models.model_file import MAX_DESCRIPTION_BYTES, LoadedModel, ModelSpec, sidecar_path
+from ..models.model_file import LoadedModel, ModelFileError, ModelSpec, read_spec
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress
 from ..utils.jsonsafe import json_safe
@@ -303,16 +301,13 @@ def recommended_noise_strength(model: LoadedModel | ModelSpec) -> float:
 
 
 def file_noise_strength(path: str | os.PathLike | None) -> float:
-    """:func:`recommended_noise_strength` of a generator file, from its small JSON sidecar
-    only (no weights read: cheap enough for a GUI thread); 1.0 when there is none or it
-    cannot be read."""
+    """:func:`recommended_noise_strength` of a generator file, from its description only
+    (:func:`~napari_segen.models.model_file.read_spec`: no weights read, cheap enough for a
+    GUI thread); 1.0 when there is none or it cannot be read."""
     if path is None or str(path) in ("", "."):
         return 1.0
-    side = sidecar_path(Path(path))
     try:
-        if not side.is_file() or side.stat().st_size > MAX_DESCRIPTION_BYTES:
-            return 1.0
-        data = json.loads(side.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        spec = read_spec(path)
+    except ModelFileError:
         return 1.0
-    return _recorded(data.get("provenance") if isinstance(data, dict) else None)
+    return recommended_noise_strength(spec)

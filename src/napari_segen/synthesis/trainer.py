@@ -13,8 +13,9 @@ distance to the real image; both networks use Adam (2e-4, beta1 0.5), with the
 learning rate decayed linearly to zero over the last ``decay_fraction`` of the
 steps. Training crops are random, flipped and rotated together with their masks.
 
-Options beyond the paper (all off by default; :data:`PRESETS` names three recipes,
-``"pix2pix"``, the paper's, ``"texture"`` and ``"balanced"``): a generator with resize-then-
+Options beyond the paper (all off by default; :data:`PRESETS` names four recipes,
+``"pix2pix"``, the paper's, ``"texture"``, ``"augment"`` and ``"balanced"``): a generator
+with resize-then-
 convolve up-sampling and per-layer noise (``upsample``, ``noise``; see
 :mod:`napari_segen.models.pix2pix`), a multi-scale discriminator
 (``d_scales``) and pix2pixHD's feature-matching loss (``fm_weight``: L1
@@ -84,27 +85,22 @@ __all__ = [
 #: recipe whose synthetic pairs made a 4-image U-Net better beyond the seeds' spread
 #: (``benchmarks/synth_augmentation.py``, 5 seeds, +0.020 Dice). Its pairs were made at
 #: texture strength 1, so it does not calibrate the strength after training.
+_TEXTURE: dict[str, Any] = {
+    "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
+    "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
+    "ms_weight": 0.0, "calibrate_noise": True,
+}  # fmt: skip
 PRESETS: dict[str, dict[str, Any]] = {
     "pix2pix": {
         "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
         "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
         "ms_weight": 0.0, "calibrate_noise": True,
     },
-    "texture": {
-        "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
-        "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
-        "ms_weight": 0.0, "calibrate_noise": True,
-    },
-    "augment": {
-        "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
-        "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 0.0,
-        "ms_weight": 0.1, "calibrate_noise": False,
-    },
-    "balanced": {
-        "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 50.0,
-        "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": True, "ssim_weight": 1000.0,
-        "ms_weight": 0.3, "calibrate_noise": True,
-    },
+    "texture": dict(_TEXTURE),
+    "augment": {**_TEXTURE, "fm_weight": 50.0, "l1_weight": 100.0, "l1_noise_free": True,
+                "ms_weight": 0.1, "calibrate_noise": False},
+    "balanced": {**_TEXTURE, "fm_weight": 50.0, "l1_noise_free": True, "ssim_weight": 1000.0,
+                 "ms_weight": 0.3},
 }  # fmt: skip
 
 
@@ -679,10 +675,9 @@ def _calibrate_noise(
         iter_calibrate_noise_strength(model, fit_pairs, val_pairs, device=str(run.device)),
         lambda p: SynthEvent("calibrating", step, total, message=p.message),
     )
-    yield SynthEvent(
-        "calibration", step, total, metrics=calibration.to_json(), message=calibration.summary()
-    )
-    model.spec.provenance["noise_calibration"] = calibration.to_json()
+    record = calibration.to_json()
+    yield SynthEvent("calibration", step, total, metrics=record, message=calibration.summary())
+    model.spec.provenance["noise_calibration"] = record
     if run.writes:
         run.save_model(model.module, model.spec, step)
     return calibration

@@ -489,7 +489,7 @@ class SynthesizeWidget(Container):
 
     def _on_generator_changed(self, value: Any = None) -> None:
         """Set Texture strength to the chosen generator's recommended strength (read from
-        its small JSON sidecar only: this runs on the GUI thread)."""
+        its description only: this runs on the GUI thread)."""
         from ..synthesis.calibrate import file_noise_strength
 
         path = self.model_path.value if value is None else value
