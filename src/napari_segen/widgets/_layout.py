@@ -102,6 +102,19 @@ MIN_FORM_WIDTH = 360
 COMBO_MIN_CHARS = 10
 
 
+def insert_before(container: Container, section: Any, before: Any) -> None:
+    """Put the Qt widget ``section`` into ``container``'s form above its sub-widget ``before``
+    (e.g. a folded section above the button it configures)."""
+    layout = container.native.layout()
+    at = next(
+        i
+        for i in range(layout.count())
+        if (w := layout.itemAt(i).widget()) is not None
+        and (w is before.native or w.isAncestorOf(before.native))
+    )
+    layout.insertWidget(at, section)
+
+
 def shrink_combos(widget: Any) -> None:
     """Let every drop-down list (``QComboBox``) under ``widget`` shrink below its longest item.
 

@@ -70,7 +70,7 @@ from ..utils.atomic import OutputCollisionError
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import canvas_size, viewer_camera, visible_box, write_labels_layer
-from ._layout import collapsible, fit_label, make_scrollable
+from ._layout import collapsible, fit_label, insert_before, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -282,7 +282,7 @@ class SegmentWidget(Container):
         self.folder_section = collapsible(
             "Folder", [self.folder_in, self.folder_out, self.folder_button]
         )
-        self._insert_before(self.folder_section, self.cancel_button)
+        insert_before(self, self.folder_section, self.cancel_button)
         self._fix_status_size()
         make_scrollable(self)  # docking never grows the window
         self.runner = TaskRunner(
@@ -308,18 +308,7 @@ class SegmentWidget(Container):
         self.options_section = QCollapsible(title)
         self.options_section.addWidget(inner.native)
         self._options_inner = inner
-        self._insert_before(self.options_section, before)
-
-    def _insert_before(self, section: Any, before: Any) -> None:
-        """Put the Qt widget ``section`` into the form above the sub-widget ``before``."""
-        layout = self.native.layout()
-        at = next(
-            i
-            for i in range(layout.count())
-            if (w := layout.itemAt(i).widget()) is not None
-            and (w is before.native or w.isAncestorOf(before.native))
-        )
-        layout.insertWidget(at, section)
+        insert_before(self, self.options_section, before)
 
     def _fix_status_size(self) -> None:
         """A longer status text must not widen the dock (that re-lays out the window)."""

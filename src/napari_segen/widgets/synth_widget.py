@@ -60,7 +60,7 @@ from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import preferred_labels
-from ._layout import collapsible, fit_label, make_scrollable
+from ._layout import collapsible, fit_label, insert_before, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner, one_line
 from .metrics_widget import MetricsReadout
@@ -385,12 +385,12 @@ class SynthesizeWidget(Container):
                 self.resume,
             ],
         )
-        self._insert_before(self.advanced_section, self.train_button)
+        insert_before(self, self.advanced_section, self.train_button)
         self.filter_section = collapsible(
             "Quality filter for exported pairs",
             [self.filter_model, self.filter_file, self.min_dice],
         )
-        self._insert_before(self.filter_section, self.export_button)
+        insert_before(self, self.filter_section, self.export_button)
 
         buttons = [self.train_button, self.generate_button, self.export_button, self.score_button]
         self.runner = TaskRunner(buttons, self.cancel_button, self.status)
@@ -412,18 +412,6 @@ class SynthesizeWidget(Container):
         self._eta_start: tuple[float, int] | None = None
         make_scrollable(self)
 
-    def _insert_before(self, section: Any, before: Any) -> None:
-        """Put the Qt widget ``section`` into the form above the sub-widget ``before``."""
-        layout, button = self.native.layout(), before.native
-        at = next(
-            i
-            for i in range(layout.count())
-            if (w := layout.itemAt(i).widget()) is not None
-            and (w is button or w.isAncestorOf(button))
-        )
-        layout.insertWidget(at, section)
-
-    # --- choices --------------------------------------------------------------------------
     def _filter_choices(self, _=None) -> list[str]:
         return [FILTER_OFF, *catalog.choices(), FILTER_FILE]
 

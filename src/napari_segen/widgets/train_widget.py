@@ -79,7 +79,7 @@ from ._layers import (
     viewer_camera,
     visible_box,
 )
-from ._layout import collapsible, fit_label, make_scrollable
+from ._layout import collapsible, fit_label, insert_before, make_scrollable
 from ._model_catalog import DEFAULT_CHOICE, catalog
 from ._worker import TaskRunner
 
@@ -302,7 +302,7 @@ class TrainWidget(Container):
                 self.synthetic_pretrain,
             ],
         )  # fmt: skip
-        self._insert_above_train(self.advanced_section)
+        insert_before(self, self.advanced_section, self.start_button)
         self._add_corrections_section()
         make_scrollable(self)  # docking never grows the window
 
@@ -708,17 +708,6 @@ class TrainWidget(Container):
             self._set_out(suggest_output_path(layer.name if layer else path.stem, path.parent))
 
     # --- corrections, replay, fine-tune defaults, live preview ---------------
-    def _insert_above_train(self, section: Any) -> None:
-        """Put a (collapsible) Qt widget into the form just above the Train button."""
-        layout = self.native.layout()
-        at = next(
-            i
-            for i in range(layout.count())
-            if (w := layout.itemAt(i).widget()) is not None
-            and (w is self.start_button.native or w.isAncestorOf(self.start_button.native))
-        )
-        layout.insertWidget(at, section)
-
     def _add_corrections_section(self) -> None:
         """The "Corrections and preview" options, collapsed above the Train button."""
         from superqt import QCollapsible
@@ -760,7 +749,7 @@ class TrainWidget(Container):
         self.corrections_section = QCollapsible("Corrections and preview")
         self.corrections_section.addWidget(inner.native)
         self._corrections_inner = inner
-        self._insert_above_train(self.corrections_section)
+        insert_before(self, self.corrections_section, self.start_button)
         self._minutes_edited = False
         self.max_minutes.changed.connect(self._on_minutes_edited)
         self.start_model.changed.connect(self._fine_tune_defaults)
