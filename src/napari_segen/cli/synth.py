@@ -626,30 +626,34 @@ def run_export(args: argparse.Namespace) -> int:
     desc = "exporting pairs" if filter_model is None else "exporting and filtering pairs"
     bar = progress_bar(args.n, desc, args.quiet)
     on_event = follow(bar)
-
+    stops: list = []
+    task = iter_export_filtered(
+        model,
+        sources,
+        args.out,
+        args.n,
+        filter_model=filter_model,
+        min_dice=args.min_dice,
+        transform=transform,
+        out_shape=tuple(args.size) if args.size else None,
+        seed=args.seed,
+        stochastic=args.stochastic,
+        noise_strength=noise_strength,
+        tile_size=args.tile_size,
+        device=args.device,
+        prefix=args.prefix,
+        overwrite=args.overwrite,
+        on_stop=stops.append,
+    )
     try:
-        result = drive(
-            iter_export_filtered(
-                model,
-                sources,
-                args.out,
-                args.n,
-                filter_model=filter_model,
-                min_dice=args.min_dice,
-                transform=transform,
-                out_shape=tuple(args.size) if args.size else None,
-                seed=args.seed,
-                stochastic=args.stochastic,
-                noise_strength=noise_strength,
-                tile_size=args.tile_size,
-                device=args.device,
-                prefix=args.prefix,
-                overwrite=args.overwrite,
-            ),
-            on_event,
-        )
+        result = drive(task, on_event)
+    except BaseException as err:
+        _stop_task(task, err)
+        raise
     finally:
         bar.close()
+        if stops:  # stopped before its end: what it left on disk
+            print(f"napari-segen synth export: {stops[-1].summary()}", file=sys.stderr)
     export = result.export
     summary = {
         "pairs": result.count,
@@ -673,6 +677,17 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary))
     return 0
+
+
+def _stop_task(task, err: BaseException) -> None:
+    """Give a task that ``err`` (Ctrl-C in the progress bar...) stopped between two steps the
+    same stop at its ``yield``, so it tidies up now; a task ``err`` came from has done so."""
+    import contextlib
+    import inspect
+
+    if inspect.getgeneratorstate(task) == inspect.GEN_SUSPENDED:
+        with contextlib.suppress(type(err)):
+            task.throw(err)
 
 
 def _filter_setup(args: argparse.Namespace):

@@ -167,6 +167,25 @@ def class_names_from_args(args: argparse.Namespace) -> list[str] | None:
     return [c.strip() for c in args.classes.split(",") if c.strip()]
 
 
+def check_synthetic_folders(args: argparse.Namespace, synthetic, start, sources: list) -> None:
+    """Refuse wrong ``--synthetic-*`` folders in one line before any data is read or trained on
+    (:func:`~napari_segen.training.assembly.check_synthetic`)."""
+    from ..training.assembly import (
+        check_synthetic,
+        classes_before_reading,
+        real_colour,
+        start_spec,
+    )
+
+    names = None if args.resume else class_names_from_args(args)
+    try:
+        spec = start_spec(start)
+        classes = classes_before_reading(spec, names, args.masks_are, args.instance_mode)
+        check_synthetic(synthetic, classes=classes, colour=real_colour(sources))
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
 def _config_from_args(args):
     from ..data.augment import AugmentConfig
     from ..training import TrainConfig
@@ -260,6 +279,8 @@ def _run(args, dist_info) -> int:
     else:
         start = start_from_args(args)
         cfg = _config_from_args(args)
+    if synthetic is not None:
+        check_synthetic_folders(args, synthetic, start, sources)
     assembled = drive(
         assemble_segmentation(
             sources,

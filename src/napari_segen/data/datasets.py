@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ from .normalize import normalize_image, to_channels_first
 from .sampler import CropSampler, derive_seed
 
 log = logging.getLogger(__name__)
+
+#: How a mask may be named after its image ``a.png``: ``a.*``, ``a_mask.*`` or ``a_labels.*``,
+#: in that order.
+MASK_NAME_ENDINGS = ("", "_mask", "_labels")
 
 
 @dataclass
@@ -82,32 +87,60 @@ def sparse_to_classes(labels: np.ndarray) -> np.ndarray:
     return np.where(labels == 0, IGNORE_INDEX, labels - 1)
 
 
+@dataclass(frozen=True)
+class FolderFiles:
+    """An image folder and a mask folder paired by name, from their listings alone.
+
+    ``pairs``: ``(image, mask)`` files in image order; ``images`` and ``masks``:
+    every image file listed in each folder.
+    """
+
+    pairs: list[tuple[Path, Path]]
+    images: list[Path]
+    masks: list[Path]
+
+    @property
+    def unpaired(self) -> list[Path]:
+        """The images without a mask of their name."""
+        paired = {img for img, _ in self.pairs}
+        return [p for p in self.images if p not in paired]
+
+
+def pair_folder_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> FolderFiles:
+    """Pair the files of an image and a mask folder by name, reading no pixel.
+
+    ``a.png`` pairs with the mask ``a.*``, ``a_mask.*`` or ``a_labels.*``
+    (:data:`MASK_NAME_ENDINGS`). Raises :class:`ImageReadError` for a missing folder.
+    """
+    images, masks = list_images(images_dir), list_images(masks_dir)
+    by_stem = {p.stem: p for p in masks}
+    pairs = []
+    for img in images:
+        stems = (f"{img.stem}{end}" for end in MASK_NAME_ENDINGS)
+        mask = next((by_stem[s] for s in stems if s in by_stem), None)
+        if mask is not None:
+            pairs.append((img, mask))
+    return FolderFiles(pairs, images, masks)
+
+
 def pairs_from_folders(
     images_dir: str | os.PathLike,
     masks_dir: str | os.PathLike,
     value_map: Mapping[int, int] | None = None,
     sparse: bool = False,
 ) -> list[LabeledImage]:
-    """Pair images and masks by name (``a.png`` with ``a.png``, ``a.tif`` or ``a_mask.png``).
+    """Pair images and masks by name (:func:`pair_folder_files`) and read them.
 
     Images without a mask are skipped with a warning; no pair at all is an error.
     """
-    masks = {p.stem: p for p in list_images(masks_dir)}
+    files = pair_folder_files(images_dir, masks_dir)
     pairs = []
-    skipped = []
-    for img_path in list_images(images_dir):
-        mask_path = (
-            masks.get(img_path.stem)
-            or masks.get(f"{img_path.stem}_mask")
-            or masks.get(f"{img_path.stem}_labels")
-        )
-        if mask_path is None:
-            skipped.append(img_path.name)
-            continue
+    for img_path, mask_path in files.pairs:
         mask = read_mask(mask_path, value_map)
         if sparse:
             mask = sparse_to_classes(mask)
         pairs.append(LabeledImage(read_image(img_path), mask, name=img_path.name))
+    skipped = [p.name for p in files.unpaired]
     if skipped:
         log.warning("no mask found for %d image(s): %s", len(skipped), ", ".join(skipped[:5]))
     if not pairs:

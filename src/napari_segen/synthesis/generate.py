@@ -414,7 +414,11 @@ def iter_export_pairs(
         image = to_output_image(generate_nth(i, mask), model)
         img_path, mask_path = targets[i]
         write_image(img_path, image, overwrite=overwrite)
-        write_labels(mask_path, mask, overwrite=overwrite)
+        try:
+            write_labels(mask_path, mask, overwrite=overwrite)
+        except BaseException:
+            img_path.unlink(missing_ok=True)  # a stop here would leave an image without a mask
+            raise
         result.images.append(img_path)
         result.masks.append(mask_path)
         yield Progress(i + 1, n, f"pair {i + 1} of {n} (from mask {src})", str(img_path))

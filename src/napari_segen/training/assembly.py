@@ -43,7 +43,10 @@ validated on: ``"mix"`` lists them beside the real training pairs so they get at
 most ``share`` of the crops (:func:`~napari_segen.data.mixing.mix_sources`, the
 rule replay uses); ``"pretrain"`` hands them to the run as
 :attr:`SegmentationRun.pretrain`, to train on before the real pairs. Their
-masks must fit the run's classes.
+masks must fit the run's classes and their images be of the real images' kind
+(grey or colour). The front ends check the folders first with
+:func:`check_synthetic` (names paired from the listings, a few pairs read), so
+a wrong folder is one line before the run starts; the run checks every pair.
 
 No Qt, no napari: the widgets run these generators in a worker thread, the CLI
 drives them with :func:`~napari_segen.utils.generators.drive`.
@@ -60,14 +63,30 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..data.conventions import IGNORE_INDEX
-from ..data.datasets import LabeledImage, image_channels, pairs_from_folders, split_pairs
-from ..data.image_io import check_mask_classes
+from ..data.datasets import (
+    FolderFiles,
+    LabeledImage,
+    image_channels,
+    pair_folder_files,
+    pairs_from_folders,
+    split_pairs,
+)
+from ..data.files import list_images
+from ..data.image_io import (
+    IMAGE_SUFFIXES,
+    ImageInfo,
+    MaskValuesError,
+    check_mask_classes,
+    image_info,
+    read_mask,
+)
 from ..data.instances import (
     INSTANCE_CLASS_NAMES,
     INSTANCE_MODES,
     detect_mask_kind,
     instances_to_classes,
 )
+from ..data.layout import spatial_layout
 from ..data.sources import (
     DENSE,
     VOC_CLASSES,
@@ -521,6 +540,7 @@ class SyntheticFields:
     masks: str = "--synthetic-masks"
     share: str = "--synthetic-share"
     pretrain: str = "--synthetic-pretrain"
+    classes: str = "--classes"
     where: str = ""  # e.g. " under Advanced settings"
 
 
@@ -562,6 +582,233 @@ def choose_synthetic(
     if not pretrain and share == 0:
         return None
     return SyntheticData(FolderSource(images, masks), share, "pretrain" if pretrain else "mix")
+
+
+# --- synthetic pairs: the pre-check ----------------------------------------------------------
+#: Synthetic pairs the pre-check reads (masks whole, images by their header): enough to
+#: catch a wrong folder, few enough to stay instant on an export of hundreds of pairs.
+SYNTHETIC_SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class KnownClasses:
+    """The most classes a run can have, known before its data are read, and why (a clause
+    for messages, e.g. "the model has 2 classes (0-1)")."""
+
+    count: int
+    why: str
+
+
+def start_spec(start: StartModel) -> ModelSpec | None:
+    """The start model's description, its weights not loaded (None for a new model)."""
+    if isinstance(start, NewModel):
+        return None
+    if isinstance(start, LoadedModel):
+        return start.spec
+    if isinstance(start, ModelSpec):
+        return start
+    from ..models import default_model_path, read_spec
+
+    return read_spec(Path(str(default_model_path() if str(start) == DEFAULT_START else start)))
+
+
+def classes_before_reading(
+    start: ModelSpec | None,
+    names: Sequence[str] | None = None,
+    masks_are: str = "auto",
+    instance_mode: str = "boundary",
+    fields: SyntheticFields = SyntheticFields(),
+) -> KnownClasses | None:
+    """The most classes a run can have before its masks are read (None: the masks decide).
+
+    Names given are the run's classes; masks said to be instances give their mode's;
+    else the start model's, or with ``auto`` (the real masks may turn out to be
+    instance label images) the more of those and the mode's. A new model without
+    names takes its classes from the real masks, unknown here.
+    """
+    if names:
+        n = len(names)
+        return KnownClasses(n, f"{fields.classes}{fields.where} names {n} classes (0-{n - 1})")
+    own = len(INSTANCE_CLASS_NAMES[instance_mode])
+    if masks_are == "instances":
+        return KnownClasses(own, f"instance masks become {own} classes (0-{own - 1})")
+    if start is None:
+        return None
+    n = start.num_classes
+    why = _model_classes(n)
+    if masks_are == "auto" and own > n:
+        return KnownClasses(own, f"{why}, {own} if the real masks are instance label images")
+    return KnownClasses(n, why)
+
+
+def real_colour(sources: Sequence[Source]) -> bool | None:
+    """Whether the real images are colour, from one header (or array shape) per source.
+
+    None when unknown (a source of another kind, a folder that cannot be read) or
+    mixed: the run then decides from the images themselves.
+    """
+    kinds = {_source_colour(s) for s in sources}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _source_colour(source: Source) -> bool | None:
+    try:
+        if isinstance(source, ArraySource):
+            return spatial_layout(tuple(source.image.shape), source.rgb)[1]
+        if isinstance(source, FolderSource):
+            first = next(iter(list_images(source.images)), None)
+            return None if first is None else image_info(first).colour
+        if isinstance(source, TiffStackSource):
+            return image_info(source.image).colour
+        if isinstance(source, VocSource):
+            return True
+        if isinstance(source, PairsSource):
+            kinds = {p.is_rgb for p in source.pairs}
+            return kinds.pop() if len(kinds) == 1 else None
+    except (ValueError, OSError):
+        return None  # the run reads this source and says what is wrong with it
+    return None
+
+
+def check_synthetic(
+    synthetic: SyntheticData,
+    fields: SyntheticFields = SyntheticFields(),
+    *,
+    classes: KnownClasses | None = None,
+    colour: bool | None = None,
+    samples: int = SYNTHETIC_SAMPLES,
+) -> None:
+    """Check synthetic folders before a run starts, quickly; a one-line ValueError names
+    what is wrong, what to do and the setting (as ``fields`` calls it).
+
+    The names are paired from the listings (every synthetic image needs its mask);
+    then ``samples`` pairs spread over the folder are read (masks whole, images by
+    their header): a mask folder holding images, an image and its mask of other
+    sizes, images of another kind than the real ones (``colour``: whether those are
+    colour, None: unknown), mask values beyond ``classes`` (None: unknown). The run
+    checks every pair (:func:`assemble_segmentation`). Only folder sources are checked.
+    """
+    source = synthetic.source
+    if not isinstance(source, FolderSource):
+        return
+    files = _synthetic_files(source, fields)
+    for image, mask in _spread(files.pairs, samples):
+        _check_synthetic_pair(image, mask, fields, classes, colour)
+
+
+def _synthetic_files(source: FolderSource, f: SyntheticFields) -> FolderFiles:
+    """The synthetic folders' files paired by name; a ValueError unless every image has its mask."""
+    images, masks = Path(source.images), Path(source.masks)
+    again = "choose the folder the synthetic pairs were exported to"
+    for setting, folder in ((f.images, images), (f.masks, masks)):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder; {again} ({setting}{f.where})")
+    if images.resolve() == masks.resolve():
+        raise ValueError(
+            f"the synthetic images and masks are the same folder ({images}); choose the images "
+            f"and the masks folders the pairs were exported to ({f.images}, {f.masks}{f.where})"
+        )
+    files = pair_folder_files(images, masks)
+    for setting, folder, listed in ((f.images, images, files.images),
+                                    (f.masks, masks, files.masks)):  # fmt: skip
+        if not listed:
+            raise ValueError(
+                f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); {again} "
+                f"({setting}{f.where})"
+            )
+    unpaired, rule = files.unpaired, "a.png pairs with a.png, a.tif or a_mask.png"
+    if unpaired:
+        some = (
+            f"{len(unpaired)} of {len(files.images)} synthetic images in {images} have no mask "
+            f"of their name in {masks} (first: {unpaired[0].name}; {rule})"
+            if files.pairs
+            else f"no synthetic image in {images} has a mask of its name in {masks} ({rule})"
+        )
+        raise ValueError(
+            f"{some}: choose the masks exported with these images ({f.masks}{f.where})"
+        )
+    return files
+
+
+def _spread(items: Sequence, most: int) -> list:
+    """At most ``most`` of ``items``, evenly apart, the first and the last among them."""
+    if len(items) <= most:
+        return list(items)
+    if most <= 0:
+        return []
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, most).round().astype(int))]
+
+
+def _check_synthetic_pair(
+    image: Path,
+    mask: Path,
+    f: SyntheticFields,
+    classes: KnownClasses | None,
+    colour: bool | None,
+) -> None:
+    info = _header(image, f.images, f.where)
+    if colour is not None and info.colour != colour:
+        raise ValueError(f"{_kind_mismatch(str(image), info.colour, colour)} ({f.images}{f.where})")
+    wrong = f"choose the masks the pairs were exported with ({f.masks}{f.where})"
+    if _header(mask, f.masks, f.where).colour:
+        raise ValueError(f"the synthetic masks folder holds images: {mask} is in colour; {wrong}")
+    try:
+        values = read_mask(mask)
+        check_mask_classes(str(mask), values)  # no count: refuses what no class mask holds
+    except MaskValuesError as err:
+        # The shared message's own advice names the real-data flags; keep what it found.
+        found = str(err).split(";")[0]
+        raise ValueError(f"the synthetic masks seem to be images: {found}; {wrong}") from err
+    except ValueError as err:
+        raise ValueError(f"{err} ({f.masks}{f.where})") from err
+    planar = info.colour or info.shape[-1:] == (1,)  # a trailing channel axis is not a size
+    size = tuple(info.shape[:-1] if planar else info.shape)[-2:]
+    if size != tuple(values.shape)[-2:]:
+        raise ValueError(
+            f"synthetic image {image} is {_size(size)} but its mask {mask} is "
+            f"{_size(values.shape)}; {wrong}"
+        )
+    if classes is not None:
+        line = _beyond_classes(str(mask), values, classes.count, classes.why)
+        if line:
+            raise ValueError(f"{line} ({f.masks}{f.where})")
+
+
+def _header(path: Path, setting: str, where: str) -> ImageInfo:
+    try:
+        return image_info(path)
+    except ValueError as err:
+        raise ValueError(f"{err} ({setting}{where})") from err
+
+
+def _size(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def _model_classes(count: int) -> str:
+    return f"the model has {count} classes (0-{count - 1})"
+
+
+def _kind_mismatch(name: str, synthetic_colour: bool, real_colour: bool) -> str:
+    """The line refusing a synthetic image of another kind (grey, colour) than the real ones."""
+    kind = {True: "colour", False: "grey"}
+    return (
+        f"synthetic image {name} is {kind[synthetic_colour]} but the real images are "
+        f"{kind[real_colour]}: export the pairs with a generator trained on these images"
+    )
+
+
+def _beyond_classes(name: str, mask: np.ndarray, count: int, why: str) -> str:
+    """The line refusing a synthetic mask with values of ``count`` or more ("" when it fits)."""
+    m = np.asarray(mask)
+    odd = np.unique(m[m >= count])
+    if not odd.size:
+        return ""
+    shown = ", ".join(str(int(v)) for v in odd[:5]) + (", ..." if odd.size > 5 else "")
+    return (
+        f"synthetic mask {name} has the value{'s' if odd.size > 1 else ''} {shown}, but {why}: "
+        "export the pairs with a generator trained on these classes"
+    )
 
 
 @dataclass
@@ -690,7 +937,7 @@ def assemble_segmentation(
     synth: list[LabeledImage] = []
     if synthetic is not None and synthetic.used:
         yield Progress(0, 0, f"reading synthetic {_short(synthetic.source)}")
-        synth = synthetic.source.read().pairs
+        synth = _read_synthetic(synthetic.source)
     yield Progress(0, 0, "preparing the start model")
     loaded = load_start(start)
     if not isinstance(loaded, NewModel):
@@ -720,6 +967,35 @@ def assemble_segmentation(
     return SegmentationRun(train, val, model, names, provenance, notes, pretrain)
 
 
+def _read_synthetic(source: Source) -> list[LabeledImage]:
+    """The synthetic pairs; a reading error says it was about them (and where they are)."""
+    try:
+        return source.read().pairs
+    except ValueError as err:
+        where = " and ".join(map(str, source.describe().values()))
+        raise ValueError(f"reading the synthetic pairs of {where}: {err}") from err
+
+
+def _check_synthetic_pairs(
+    real: Sequence[LabeledImage], synth: Sequence[LabeledImage], num_classes: int, source: Source
+) -> None:
+    """Every synthetic pair fits the run: its mask the classes, its image the real images' kind."""
+    desc = source.describe()
+    images, masks = desc.get("images"), desc.get("masks")
+    kinds = {p.is_rgb for p in real}
+    for p in synth:
+        name = p.name or "pair"
+        line = _beyond_classes(
+            f"for {name}" + (f" in {masks}" if masks else ""), p.mask, num_classes,
+            _model_classes(num_classes),
+        )  # fmt: skip
+        if line:
+            raise ValueError(line)
+        if len(kinds) == 1 and p.is_rgb not in kinds:
+            where = f"{name} in {images}" if images else name
+            raise ValueError(_kind_mismatch(where, p.is_rgb, not p.is_rgb))
+
+
 def _add_synthetic(
     train: list[LabeledImage],
     synth: list[LabeledImage],
@@ -731,8 +1007,7 @@ def _add_synthetic(
     from ..data.mixing import SYNTHETIC_MAX_REPEAT as most
     from ..data.mixing import mix_sources, mixed_share
 
-    for p in synth:
-        check_mask_classes(f"synthetic {p.name or 'mask'}", p.mask, num_classes)
+    _check_synthetic_pairs(train, synth, num_classes, synthetic.source)
     facts: dict[str, Any] = {**synthetic.source.describe(), "mode": synthetic.mode,
                              "count": len(synth)}  # fmt: skip
     if synthetic.mode == "pretrain":

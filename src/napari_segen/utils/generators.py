@@ -44,13 +44,17 @@ def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = Non
 
 def map_events(gen: Generator[E, None, R], convert: Callable[[E], F]) -> Generator[F, None, R]:
     """Re-yield ``convert(event)`` for each of ``gen``'s events; return ``gen``'s value
-    (``result = yield from map_events(...)``)."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield convert(event)
+    (``result = yield from map_events(...)``). Closing this generator closes ``gen``
+    (a cancel reaches the task's own clean-up, as ``yield from`` would pass it on)."""
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield convert(event)
+    finally:
+        gen.close()
 
 
 def relay(

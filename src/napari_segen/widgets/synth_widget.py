@@ -34,7 +34,7 @@ All the work is done by :mod:`napari_segen.synthesis`.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,9 +152,11 @@ def export_job(
     path: Path, masks: list[np.ndarray], out_dir: Path, n: int, device: str, stochastic: bool,
     overwrite: bool, seed: int | None, noise_strength: float | None = None,
     filter_path: Path | None = None, min_dice: float = 0.7,
+    on_stop: Callable[[Any], None] | None = None,
 ) -> Generator[Any, None, Any]:  # fmt: skip
     """Export ``n`` pairs and, with ``filter_path`` (a segmentation model), keep only those
-    it segments with foreground Dice >= ``min_dice``; returns a ``FilteredExport``."""
+    it segments with foreground Dice >= ``min_dice``; returns a ``FilteredExport``.
+    ``on_stop`` gets the ``StoppedExport`` of a task cancelled or failed after a pair."""
     from ..models.model_file import load_model
     from ..synthesis.filter import iter_export_filtered
     from ..synthesis.generate import load_generator
@@ -165,7 +167,7 @@ def export_job(
         yield from iter_export_filtered(
             model, masks, out_dir, n, filter_model=filter_model, min_dice=min_dice,
             device=device, stochastic=stochastic, overwrite=overwrite, seed=seed,
-            noise_strength=noise_strength,
+            noise_strength=noise_strength, on_stop=on_stop,
         )
     )  # fmt: skip
 
@@ -723,12 +725,24 @@ class SynthesizeWidget(Container):
             return
         what = "export and filter" if filter_path is not None else "export"
         self.status.value = f"{what} {self.n_pairs.value} pairs to {out}..."
+        stops: list[Any] = []  # filled in the worker thread, read once it has finished
         self.runner.start(
             export_job, path, masks, out, int(self.n_pairs.value), str(self.device.value),
             bool(self.stochastic.value), bool(self.export_overwrite.value), 0,
             float(self.texture_strength.value), filter_path, float(self.min_dice.value),
+            stops.append,
             description="Exporting pairs", on_done=self._on_exported,
+            on_finish=lambda: self._on_export_stopped(stops),
         )  # fmt: skip
+
+    def _on_export_stopped(self, stops: list[Any]) -> None:
+        """After a cancelled or failed export: the status line says what it left on disk."""
+        if stops:
+            line = stops[-1].summary()
+            failed = self.runner.error is not None and not self.runner.cancelled
+            self.status.value = f"{self.status.value}; {line}" if failed else line
+        elif self.runner.cancelled:
+            self.status.value = "export cancelled"
 
     def _export_masks(self) -> list[np.ndarray]:
         if self.use_folders.value:

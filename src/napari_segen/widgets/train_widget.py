@@ -50,7 +50,6 @@ from ..data.corrections import (
     correction_pairs,
     with_replay,
 )
-from ..data.image_io import IMAGE_SUFFIXES
 from ..data.sources import DENSE, SPARSE
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
@@ -67,7 +66,11 @@ from ..training.assembly import (
     SyntheticData,
     SyntheticFields,
     assemble_segmentation,
+    check_synthetic,
     choose_synthetic,
+    classes_before_reading,
+    real_colour,
+    start_spec,
 )
 from ..training.synthetic_pretrain import StageStarted, pretrain_path, pretrain_then_fine_tune
 from ..utils.devices import available_devices
@@ -104,7 +107,8 @@ _SYNTHETIC_PRETRAIN_TEXT = "Pre-train on synthetic, then fine-tune on real"
 #: The synthetic-pair settings as this form names them in messages.
 SYNTHETIC_FIELDS = SyntheticFields(
     images="the synthetic images folder", masks="the synthetic masks folder",
-    share="'Synthetic share'", pretrain="pre-training", where=" under Advanced settings",
+    share="'Synthetic share'", pretrain="pre-training", classes="'Class names'",
+    where=" under Advanced settings",
 )  # fmt: skip
 #: The status when synthetic folders are chosen but nothing asks for them.
 SYNTHETIC_UNUSED = (
@@ -375,11 +379,20 @@ class TrainWidget(Container):
         wrong and what to do. The same rules as ``napari-segen train --synthetic-*``."""
         images, masks = _folder_text(self.synthetic_images), _folder_text(self.synthetic_masks)
         share, pretrain = float(self.synthetic_share.value), bool(self.synthetic_pretrain.value)
-        chosen = choose_synthetic(images, masks, share, pretrain, SYNTHETIC_FIELDS)
-        if chosen is not None:
-            for what, folder in (("images", images), ("masks", masks)):
-                _check_image_folder(f"synthetic {what}", Path(folder))
-        return chosen
+        return choose_synthetic(images, masks, share, pretrain, SYNTHETIC_FIELDS)
+
+    def _check_synthetic(self, job: TrainJob) -> None:
+        """Refuse wrong synthetic folders in one line before the run starts (a quick look:
+        names paired, a few pairs read), against the start model's classes and the real
+        images' kind, as ``napari-segen train`` does."""
+        if job.synthetic is None:
+            return
+        spec = self._start_spec()  # None when unreadable: the run then says why
+        classes = classes_before_reading(
+            spec, job.class_names, job.masks_are, fields=SYNTHETIC_FIELDS
+        )
+        colour = real_colour(job.sources)
+        check_synthetic(job.synthetic, SYNTHETIC_FIELDS, classes=classes, colour=colour)
 
     def _on_out_edited(self, *_: Any) -> None:
         if not getattr(self, "_setting_out", False):
@@ -434,14 +447,8 @@ class TrainWidget(Container):
 
     def _start_spec(self) -> Any:
         """The start model's description (None: a new model, or no readable file chosen)."""
-        from ..models import default_model_path, read_spec
-
         try:
-            start = self.start_choice()
-            if isinstance(start, NewModel):
-                return None
-            path = default_model_path() if str(start) == DEFAULT_START else start
-            return read_spec(Path(str(path)))
+            return start_spec(self.start_choice())
         except (ModelFileError, OSError, KeyError, ValueError):
             return None
 
@@ -591,7 +598,9 @@ class TrainWidget(Container):
         )
         if self._synthetic_unused():
             job.notes.append(SYNTHETIC_UNUSED)
-        return self._finish_job(job, lab_layer)
+        job = self._finish_job(job, lab_layer)
+        self._check_synthetic(job)
+        return job
 
     def start(self, *_: Any) -> None:
         """Start training (returns at once; the work runs in a thread)."""
@@ -1215,19 +1224,6 @@ def _label_color(layer: Any, value: int, spec: Any, index: int) -> str | None:
 def _folder_text(edit: FileEdit) -> str:
     """The folder typed or chosen in ``edit`` ("" when empty: its value would be ``.``)."""
     return str(edit.line_edit.value).strip()
-
-
-def _check_image_folder(what: str, folder: Path) -> None:
-    """ValueError unless ``folder`` is a folder holding image files (a cheap listing)."""
-    if not folder.is_dir():
-        raise ValueError(f"the {what} folder {folder} does not exist; choose an existing folder")
-    if not any(
-        f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") for f in folder.iterdir()
-    ):
-        raise ValueError(
-            f"the {what} folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
-            "choose the folder the synthetic pairs were exported to"
-        )
 
 
 def _parse_class_names(text: str) -> list[str] | None:
