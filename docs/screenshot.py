@@ -1,7 +1,7 @@
 """Screenshot of napari with the Segment widget after segmenting the sample (for the README).
 
 Run under a display, or:
-``xvfb-run -s '-screen 0 1600x1000x24' python scripts/screenshot.py OUT.png``.
+``xvfb-run -s '-screen 0 1600x1000x24' python docs/screenshot.py OUT.png``.
 """
 
 import sys

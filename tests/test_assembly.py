@@ -9,14 +9,12 @@ from PIL import Image
 
 from napari_segen.data.conventions import IGNORE_INDEX
 from napari_segen.data.datasets import LabeledImage
+from napari_segen.data.sources import ArraySource, FolderSource, PairsSource
 from napari_segen.models import ModelFileError, ModelSpec
 from napari_segen.models.model_file import LoadedModel
 from napari_segen.training.assembly import (
     MIN_REGION_ROWS,
-    ArraySource,
-    FolderSource,
     NewModel,
-    PairsSource,
     assemble_pix2pix,
     assemble_segmentation,
     choose_class_names,

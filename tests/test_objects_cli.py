@@ -83,12 +83,8 @@ def test_train_on_instance_masks_says_so_and_learns_boundary_classes(
 
 def test_assembly_reads_instances_for_widget_cli_and_synthesis_alike():
     from napari_segen.data.datasets import LabeledImage
-    from napari_segen.training.assembly import (
-        NewModel,
-        PairsSource,
-        assemble_pix2pix,
-        assemble_segmentation,
-    )
+    from napari_segen.data.sources import PairsSource
+    from napari_segen.training.assembly import NewModel, assemble_pix2pix, assemble_segmentation
     from napari_segen.utils.generators import drive
 
     inst = touching_discs(64).astype(np.int64)

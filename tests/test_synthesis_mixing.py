@@ -22,6 +22,7 @@ from napari_segen.data.mixing import (
     mix_sources,
     mixed_share,
 )
+from napari_segen.data.sources import FolderSource, PairsSource
 from napari_segen.models import ModelSpec, load_model, save_model
 from napari_segen.models.model_file import LoadedModel
 from napari_segen.models.pix2pix import PatchDiscriminator, Pix2PixGenerator, one_hot_labels
@@ -37,13 +38,8 @@ from napari_segen.synthesis.masks import (
     iter_random_masks,
     multiscale_crop,
 )
-from napari_segen.training.assembly import (
-    FolderSource,
-    NewModel,
-    PairsSource,
-    SyntheticData,
-    assemble_segmentation,
-)
+from napari_segen.training.assembly import NewModel, assemble_segmentation
+from napari_segen.training.synthetic_data import SyntheticData
 from napari_segen.utils.atomic import OverwriteError
 from napari_segen.utils.generators import drive
 

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 import napari_segen.training.assembly as assembly
+import napari_segen.training.synthetic_data as synthetic_data
 from napari_segen.cli import main
 from napari_segen.data.image_io import write_labels
-from napari_segen.training.assembly import (
+from napari_segen.training.synthetic_data import (
     SYNTHETIC_SAMPLES,
     KnownClasses,
     check_synthetic,
@@ -178,8 +179,8 @@ def test_the_precheck_reads_only_a_few_of_hundreds_of_pairs(tmp_path, monkeypatc
         Image.fromarray(tile * 200).save(root / "images" / f"s{k:03d}.png")
         write_labels(root / "masks" / f"s{k:03d}_mask.png", tile)
     read: list[Path] = []
-    real_read_mask = assembly.read_mask
-    monkeypatch.setattr(assembly, "read_mask", lambda p, *a, **k: read.append(p) or
+    real_read_mask = synthetic_data.read_mask
+    monkeypatch.setattr(synthetic_data, "read_mask", lambda p, *a, **k: read.append(p) or
                         real_read_mask(p, *a, **k))  # fmt: skip
     synthetic = choose_synthetic(root / "images", root / "masks", 0.3, False)
     check_synthetic(synthetic, classes=KnownClasses(2, "the model has 2 classes"), colour=False)
@@ -204,7 +205,7 @@ def test_what_is_known_before_reading():
 
 
 def test_real_colour_from_headers(data, tmp_path):
-    from napari_segen.training.assembly import ArraySource, FolderSource
+    from napari_segen.data.sources import ArraySource, FolderSource
 
     grey = FolderSource(data / "real" / "images", data / "real" / "masks")
     assert real_colour([grey]) is False

@@ -431,7 +431,7 @@ def test_bad_synthetic_input_is_one_line_and_starts_nothing(
     widget, monkeypatch, tmp_path, synthetic_folders
 ):
     import napari_segen.widgets.train_widget as tw
-    from napari_segen.training.assembly import MAX_SYNTHETIC_SHARE
+    from napari_segen.training.synthetic_data import MAX_SYNTHETIC_SHARE
 
     shown: list[str] = []
     monkeypatch.setattr(tw, "show_error", shown.append)
@@ -479,7 +479,9 @@ def test_synthetic_settings_are_folded_and_off_by_default(widget, synthetic_fold
 def test_pretrain_checks_both_outputs_before_stage_one(tiny_unet, tmp_path):
     """The core of two-stage training refuses an existing final model before training."""
     from napari_segen.data.datasets import LabeledImage
-    from napari_segen.training.assembly import PairsSource, SyntheticData, assemble_segmentation
+    from napari_segen.data.sources import PairsSource
+    from napari_segen.training.assembly import assemble_segmentation
+    from napari_segen.training.synthetic_data import SyntheticData
     from napari_segen.training.synthetic_pretrain import pretrain_then_fine_tune
     from napari_segen.utils.atomic import OverwriteError
     from napari_segen.utils.generators import drive

@@ -139,14 +139,13 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sources_from_args(args: argparse.Namespace, split: str) -> list:
-    """The data sources the arguments name (:mod:`napari_segen.training.assembly` sources).
+    """The data sources the arguments name (:mod:`napari_segen.data.sources` sources).
 
     ``split`` is the VOC list to read when ``--voc-split`` is not given; for
     ``"train"`` VOC's ``val`` list becomes that source's validation data.
     """
     from ..data.image_io import parse_value_map
-    from ..data.sources import DENSE, SPARSE
-    from ..training.assembly import FolderSource, TiffStackSource, VocSource
+    from ..data.sources import DENSE, SPARSE, FolderSource, TiffStackSource, VocSource
 
     mode = SPARSE if args.sparse else DENSE
     value_map = parse_value_map(args.mask_map)
@@ -170,7 +169,7 @@ def sources_from_args(args: argparse.Namespace, split: str) -> list:
 def validation_sources(args: argparse.Namespace) -> list:
     """``--val-images``/``--val-masks`` as a validation source list (empty when not given)."""
     from ..data.image_io import parse_value_map
-    from ..training.assembly import FolderSource
+    from ..data.sources import FolderSource
 
     if not (args.val_images or args.val_masks):
         return []
@@ -182,7 +181,7 @@ def validation_sources(args: argparse.Namespace) -> list:
 
 def load_source_pairs(args: argparse.Namespace, split: str) -> tuple[list, list | None, list]:
     """``(pairs, the sources' own validation pairs or None, class_names_hint)`` of the arguments."""
-    from ..training.assembly import read_sources
+    from ..data.sources import read_sources
     from ..utils.generators import drive
 
     read = drive(read_sources(sources_from_args(args, split)))
@@ -225,8 +224,8 @@ def add_synthetic_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def synthetic_from_args(args: argparse.Namespace, say=None):
-    """The run's :class:`~napari_segen.training.assembly.SyntheticData`, or None when unused."""
-    from ..training.assembly import choose_synthetic
+    """The run's :class:`~napari_segen.training.synthetic_data.SyntheticData`, or None when unused."""
+    from ..training.synthetic_data import choose_synthetic
 
     images = getattr(args, "synthetic_images", None)
     masks = getattr(args, "synthetic_masks", None)

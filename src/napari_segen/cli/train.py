@@ -169,13 +169,9 @@ def class_names_from_args(args: argparse.Namespace) -> list[str] | None:
 
 def check_synthetic_folders(args: argparse.Namespace, synthetic, start, sources: list) -> None:
     """Refuse wrong ``--synthetic-*`` folders in one line before any data is read or trained on
-    (:func:`~napari_segen.training.assembly.check_synthetic`)."""
-    from ..training.assembly import (
-        check_synthetic,
-        classes_before_reading,
-        real_colour,
-        start_spec,
-    )
+    (:func:`~napari_segen.training.synthetic_data.check_synthetic`)."""
+    from ..training.assembly import start_spec
+    from ..training.synthetic_data import check_synthetic, classes_before_reading, real_colour
 
     names = None if args.resume else class_names_from_args(args)
     try:
@@ -416,7 +412,7 @@ def replay_pairs(args: argparse.Namespace, train: list) -> tuple[list, int]:
     so the replay gets ``--replay-share`` of the crops; and how many replay pairs there are."""
     from ..data.corrections import with_replay
     from ..data.image_io import parse_value_map
-    from ..training.assembly import FolderSource
+    from ..data.sources import FolderSource
 
     if not (args.replay_images and args.replay_masks):
         raise UserError("give both --replay-images and --replay-masks")

@@ -11,17 +11,25 @@ Two annotation conventions exist for label arrays painted by a user:
 
 Stacks give one pair per slice; slices with nothing painted (all 0) are skipped.
 No napari, no Qt: the widget passes ``layer.data``.
+
+A run reads its data through source objects, one per reader (:class:`ArraySource`,
+:class:`FolderSource`, :class:`VocSource`, :class:`TiffStackSource`,
+:class:`PairsSource`), with :func:`read_sources`; each also describes itself for
+the run's provenance (:mod:`napari_segen.training.assembly` assembles the run).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..utils.generators import Progress
 from .conventions import IGNORE_INDEX
 from .datasets import LabeledImage, pairs_from_folders, sparse_to_classes
 from .image_io import ImageReadError, read_image, read_mask
@@ -45,6 +53,13 @@ __all__ = [
     "DENSE",
     "SPARSE",
     "VOC_CLASSES",
+    "ArraySource",
+    "FolderSource",
+    "PairsSource",
+    "Source",
+    "SourcePairs",
+    "TiffStackSource",
+    "VocSource",
     "default_class_names",
     "labels_to_classes",
     "num_classes_in",
@@ -52,6 +67,7 @@ __all__ = [
     "pairs_from_folders",
     "pairs_from_tiff_stacks",
     "pairs_from_voc",
+    "read_sources",
     "voc_root",
 ]
 
@@ -242,3 +258,143 @@ def default_class_names(num_classes: int) -> list[str]:
     if num_classes == 2:
         return ["background", "foreground"]
     return ["background"] + [f"class {i}" for i in range(1, num_classes)]
+
+
+# --- sources ---------------------------------------------------------------------------------
+@dataclass
+class SourcePairs:
+    """What one source gave: its pairs, its own validation pairs, the class names it knows."""
+
+    name: str
+    pairs: list[LabeledImage]
+    val_pairs: list[LabeledImage] | None = None
+    class_names: list[str] | None = None
+
+
+class Source(Protocol):
+    """Anything that reads into :class:`SourcePairs` and describes itself for provenance."""
+
+    def read(self) -> SourcePairs: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ArraySource:
+    """An image array and the labels painted over it (napari layers' data).
+
+    ``mode`` is ``"dense"`` (class indices) or ``"sparse"`` (0 = not annotated,
+    k = class k-1); stacks give one pair per painted slice. ``class_names``: the
+    names the labels carry (a Labels layer's ``metadata["class_names"]``).
+    """
+
+    image: Any
+    labels: Any
+    mode: str = DENSE
+    name: str = "image"
+    rgb: bool | None = None
+    class_names: Sequence[str] | None = None
+    labels_name: str | None = None
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_arrays(self.image, self.labels, self.mode, name=self.name, rgb=self.rgb)
+        names = list(self.class_names) if self.class_names else None
+        return SourcePairs(self.name, pairs, class_names=names)
+
+    def describe(self) -> dict[str, Any]:
+        return {"layers": [self.name, self.labels_name or f"{self.name} labels"],
+                "annotation": self.mode}  # fmt: skip
+
+
+@dataclass
+class FolderSource:
+    """A folder of images and a folder of masks named like them."""
+
+    images: str | os.PathLike
+    masks: str | os.PathLike
+    value_map: Mapping[int, int] | None = None
+    sparse: bool = False
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_folders(self.images, self.masks, self.value_map, self.sparse)
+        return SourcePairs(Path(self.images).name, pairs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"images": str(self.images), "masks": str(self.masks)}
+
+
+@dataclass
+class VocSource:
+    """A Pascal VOC folder: the ``split`` list, and ``val_split``'s list as its validation."""
+
+    root: str | os.PathLike
+    split: str = "train"
+    limit: int | None = None
+    val_split: str | None = "val"
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_voc(self.root, self.split, self.limit)
+        val = pairs_from_voc(self.root, self.val_split, self.limit) if self.val_split else []
+        return SourcePairs(f"VOC {self.split}", pairs, val or None, list(VOC_CLASSES))
+
+    def describe(self) -> dict[str, Any]:
+        return {"voc": str(self.root)}
+
+
+@dataclass
+class TiffStackSource:
+    """An image stack TIFF and its label stack TIFF (one pair per annotated slice)."""
+
+    image: str | os.PathLike
+    labels: str | os.PathLike
+    mode: str = DENSE
+    value_map: Mapping[int, int] | None = None
+
+    def read(self) -> SourcePairs:
+        pairs = pairs_from_tiff_stacks(self.image, self.labels, self.mode, self.value_map)
+        return SourcePairs(Path(self.image).name, pairs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"stack_image": str(self.image), "stack_labels": str(self.labels)}
+
+
+@dataclass
+class PairsSource:
+    """Pairs already in memory (tests, scripts)."""
+
+    pairs: Sequence[LabeledImage]
+    name: str = "pairs"
+    val_pairs: Sequence[LabeledImage] | None = None
+    class_names: Sequence[str] | None = None
+
+    def read(self) -> SourcePairs:
+        return SourcePairs(
+            self.name,
+            list(self.pairs),
+            list(self.val_pairs) if self.val_pairs is not None else None,
+            list(self.class_names) if self.class_names else None,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"pairs": self.name}
+
+
+def read_sources(sources: Sequence[Source]) -> Generator[Progress, None, list[SourcePairs]]:
+    """Read every source, yielding one :class:`Progress` per source; an empty list is an error."""
+    if not sources:
+        raise ValueError("no training data: give at least one image with its labels or masks")
+    out = []
+    for i, source in enumerate(sources):
+        yield Progress(i, len(sources), f"reading {_short(source)}")
+        out.append(source.read())
+    yield Progress(len(sources), len(sources), "data read")
+    return out
+
+
+def _short(source: Source) -> str:
+    desc = source.describe()
+    return ", ".join(
+        f"{k} {Path(str(v)).name if not isinstance(v, list) else '+'.join(map(str, v))}"
+        for k, v in desc.items()
+        if k != "annotation"
+    )

@@ -49,7 +49,7 @@ from ..data.datasets import LabeledImage, image_channels
 from ..data.normalize import normalize_image, to_channels_first
 from ..data.sampler import CropSampler, seeded_generator
 from ..models.model_file import LoadedModel, ModelSpec
-from ..models.pix2pix import MAX_SCALES, UPSAMPLE_MODES
+from ..models.pix2pix import MAX_SCALES, UPSAMPLE_MODES, NoiseInjection
 from ..models.registry import build_model
 from ..training.checkpoint import Checkpoint, check_spec_fits
 from ..training.run import StepProgress, TrainingRun, base_provenance
@@ -151,6 +151,10 @@ class SynthConfig:
             generator draws each mask twice with different noise and is rewarded for
             images that differ (loss ``1 / (mean |G(m, z1) - G(m, z2)| + 1e-5)``), so
             it cannot learn to cancel its noise. 0: off. Needs ``noise``.
+        noise_init: starting scale of every noise map (StyleGAN starts them at 0). In
+            a CPU-sized run only the last decoder layer's noise grows from 0, so the
+            texture is pixel grain; a start above 0 gives the coarser layers' noise a
+            part from the first step. Needs ``noise`` when above 0.
         lr: Adam learning rate of both networks.
         beta1: Adam beta1.
         decay_fraction: final fraction of the steps over which the rate falls linearly to 0.
@@ -190,6 +194,7 @@ class SynthConfig:
     l1_noise_free: bool = False
     ssim_weight: float = 0.0
     ms_weight: float = 0.0
+    noise_init: float = 0.0
     lr: float = 2e-4
     beta1: float = 0.5
     decay_fraction: float = 0.5
@@ -259,7 +264,11 @@ class SynthConfig:
                 f"the mode-seeking and SSIM weights must be >= 0, got {self.ms_weight} "
                 f"and {self.ssim_weight}"
             )
-        for name in ("l1_noise_free", "ms_weight"):
+        if not 0 <= self.noise_init <= 1:
+            raise ValueError(
+                f"the noise maps' starting scale must be 0 to 1, got {self.noise_init}"
+            )
+        for name in ("l1_noise_free", "ms_weight", "noise_init"):
             if getattr(self, name) and not self.noise:
                 raise ValueError(
                     f"{name} needs a generator with noise (noise=True; on the command line "
@@ -483,7 +492,7 @@ def _networks(
             f"the crop size ({cfg.crop_size}) must be a multiple of {gen.size_multiple} "
             "for the generator being resumed"
         )
-    _init_weights(gen)
+    _init_weights(gen, noise_init=cfg.noise_init)
     _init_weights(disc)
     gen, disc = run.prepare(gen), run.prepare(disc)
     betas = (cfg.beta1, 0.999)
@@ -836,9 +845,11 @@ def _gan_loss_one(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Normal(0, 0.02) initialisation, as in the paper."""
+def _init_weights(module: nn.Module, noise_init: float = 0.0) -> None:
+    """Normal(0, 0.02) initialisation, as in the paper; noise-map scales at ``noise_init``."""
     for m in module.modules():
+        if isinstance(m, NoiseInjection):
+            nn.init.constant_(m.weight, noise_init)
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:

@@ -53,10 +53,9 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..data.conventions import SYNTHETIC_MIXING_NOTE
-from ..data.sources import DENSE
+from ..data.sources import DENSE, ArraySource, FolderSource, Source
 from ..models import default_generator_path, default_model_path
 from ..synthesis.trainer import PRESETS
-from ..training.assembly import ArraySource, FolderSource, Source
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
 from ._layers import preferred_labels

@@ -50,27 +50,25 @@ from ..data.corrections import (
     correction_pairs,
     with_replay,
 )
-from ..data.sources import DENSE, SPARSE
+from ..data.sources import DENSE, SPARSE, ArraySource, FolderSource, Source, SourcePairs
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
 from ..training.assembly import (
     DEFAULT_START,
     MASKS_ARE,
-    MAX_SYNTHETIC_SHARE,
-    ArraySource,
-    FolderSource,
     NewModel,
-    Source,
-    SourcePairs,
     StartModel,
+    assemble_segmentation,
+    start_spec,
+)
+from ..training.synthetic_data import (
+    MAX_SYNTHETIC_SHARE,
     SyntheticData,
     SyntheticFields,
-    assemble_segmentation,
     check_synthetic,
     choose_synthetic,
     classes_before_reading,
     real_colour,
-    start_spec,
 )
 from ..training.synthetic_pretrain import StageStarted, pretrain_path, pretrain_then_fine_tune
 from ..utils.devices import available_devices
