@@ -224,7 +224,8 @@ def add_synthetic_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def synthetic_from_args(args: argparse.Namespace, say=None):
-    """The run's :class:`~napari_segen.training.synthetic_data.SyntheticData`, or None when unused."""
+    """The run's :class:`~napari_segen.training.synthetic_data.SyntheticData`, or None when
+    unused."""
     from ..training.synthetic_data import choose_synthetic
 
     images = getattr(args, "synthetic_images", None)
