@@ -120,8 +120,9 @@ def test_train_resume_and_refusals(generator, folders, capsys):
     assert summary["steps"] == 8
 
 
-def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, monkeypatch):
+def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, monkeypatch, capsys):
     from napari_segen.cli.synth import PRESET_NAMES
+    from napari_segen.data.conventions import DEFAULT_SYNTH_PRESET
     from napari_segen.synthesis import trainer
 
     assert tuple(trainer.PRESETS) == PRESET_NAMES
@@ -147,19 +148,68 @@ def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, mon
     spec = json.loads(out.with_suffix(".json").read_text())
     assert spec["arch_kwargs"]["upsample"] == "resize" and spec["arch_kwargs"]["noise"] is True
     assert spec["provenance"]["config"]["fm_weight"] == 5.0
-    # single flags on the paper's recipe (the default)
-    flags = ["--upsample", "bilinear", "--noise", "--d-scales", "2", "--l1-weight", "50"]
+    # no --preset: the default recipe, the one measured to help (augment)
+    assert main([*base, "--out", str(tmp_path / "default.safetensors")]) == 0
+    assert DEFAULT_SYNTH_PRESET == "augment"
+    augment = trainer.PRESETS["augment"]
+    assert seen[-1] == trainer.SynthConfig(**{**vars(seen[-1]), **augment})
+    # single flags on the paper's recipe
+    flags = ["--preset", "pix2pix", "--upsample", "bilinear", "--noise", "--d-scales", "2",
+             "--l1-weight", "50"]  # fmt: skip
     assert main([*base, *flags, "--out", str(tmp_path / "single.safetensors")]) == 0
     cfg = seen[-1]
     assert (cfg.upsample, cfg.noise, cfg.d_scales, cfg.fm_weight, cfg.l1_weight) == (
         "bilinear", True, 2, 0.0, 50.0,
     )  # fmt: skip
-    assert main([*base, "--no-noise", "--out", str(tmp_path / "paper.safetensors")]) == 0
+    paper = ["--preset", "pix2pix", "--out", str(tmp_path / "paper.safetensors")]
+    assert main([*base, *paper]) == 0
     assert seen[-1] == trainer.SynthConfig(**{**vars(seen[-1]), **trainer.PRESETS["pix2pix"]})
+    # the default recipe's noise terms can be turned off one by one
+    n_runs = len(seen)
+    off = ["--no-l1-noise-free", "--mode-seeking", "0", "--no-noise"]
+    assert main([*base, *off, "--out", str(tmp_path / "off.safetensors")]) == 0
+    assert (seen[-1].noise, seen[-1].l1_noise_free, seen[-1].ms_weight) == (False, False, 0.0)
+    assert len(seen) == n_runs + 1
     # a setting the networks cannot take: one line, exit code 2
     n_runs = len(seen)
     assert main([*base, "--d-scales", "3", "--out", str(tmp_path / "x.safetensors")]) == 2
+    capsys.readouterr()
+    assert main([*base, "--no-noise", "--out", str(tmp_path / "y.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "l1_noise_free needs a generator with noise" in err
     assert len(seen) == n_runs
+
+
+def test_train_sizes_fit_the_machine(folders, tmp_path, monkeypatch, capsys):
+    """Without size flags a CPU run gets CPU-sized settings (the paper's take hours there),
+    says so, and a flag the user gives wins."""
+    from napari_segen.synthesis import device_defaults, trainer
+
+    seen = []
+    real = trainer.train_pix2pix
+
+    def spy(*args, config, **kwargs):
+        seen.append(config)
+        return real(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_pix2pix", spy)
+    base = ["synth", "train", "--images", str(folders / "images"), "--masks",
+            str(folders / "masks"), "--device", "cpu", "--n-layers", "2", "--no-eval",
+            "--sample-every", "0", "--quiet", "--preset", "pix2pix"]  # fmt: skip
+    # a 32-px crop given by hand keeps this short; the rest comes from the CPU row
+    assert main([*base, "--crop-size", "32", "--out", str(tmp_path / "a.safetensors"),
+                 "--time-limit", "0.01"]) == 0  # fmt: skip
+    cpu = device_defaults.DEVICE_DEFAULTS["cpu"]
+    cfg = seen[-1]
+    assert (cfg.crop_size, cfg.ngf, cfg.ndf, cfg.steps) == (32, cpu["width"], cpu["width"], 300)
+    err = capsys.readouterr().err
+    assert "settings for this machine: --steps 300, --ngf 32, --ndf 32" in err
+    assert "--crop-size" not in err.split("settings for this machine:")[1].splitlines()[0]
+    # on a GPU the paper's sizes
+    monkeypatch.setattr(device_defaults, "device_kind", lambda device: "gpu")
+    sizes, defaulted = device_defaults.device_defaults("cuda", ngf=8)
+    assert sizes == {"steps": 2000, "crop_size": 256, "ngf": 8, "ndf": 64}
+    assert defaulted == ["steps", "crop_size", "ndf"]
 
 
 def test_generate(generator, folders, tmp_path, capsys):
@@ -382,15 +432,16 @@ def test_generate_noise_strength(tmp_path):
     np.testing.assert_array_equal(images["s0"], images["s0b"])
 
 
+@pytest.mark.parametrize("strength", ["-1", "5", "nan"])
 @pytest.mark.parametrize("action", ["generate", "export"])
-def test_negative_noise_strength_is_one_line(action, tmp_path, capsys):
+def test_noise_strength_out_of_range_is_one_line(action, strength, tmp_path, capsys):
     masks = _membrane_mask_dir(tmp_path)
     out = tmp_path / "out"
-    args = ["synth", action, "--model", "default", "--noise-strength", "-1", "--out", str(out)]
+    args = ["synth", action, "--model", "default", "--noise-strength", strength, "--out", str(out)]
     args += [str(masks)] if action == "generate" else ["--masks", str(masks), "--n", "1"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--noise-strength" in err and ">= 0" in err
+    assert len(err.splitlines()) == 1 and "--noise-strength" in err and "0 to 4" in err
     assert "Traceback" not in err and not out.exists()
 
 

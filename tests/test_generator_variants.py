@@ -116,7 +116,7 @@ def test_generation_seed_picks_the_noise_on_a_loaded_file(tmp_path):
     z7 = generate_tensor(model, labels, device="cpu", seed=7, noise_strength=0.0)
     assert torch.equal(z7, generate_tensor(model, labels, device="cpu", seed=8, noise_strength=0))
     assert not torch.equal(z7, a)
-    with pytest.raises(ValueError, match="noise strength must be >= 0"):
+    with pytest.raises(ValueError, match="noise strength must be 0 to 4"):
         generate_tensor(model, labels, device="cpu", noise_strength=-1)
     # tiles draw their noise one after another from the same seeded generator
     t1 = generate_tensor(model, labels, device="cpu", seed=7, tile_size=32)
@@ -279,6 +279,20 @@ def test_mode_seeking_makes_the_generator_use_its_noise(tmp_path):
     assert spreads[1.0] > 2.5 * spreads[0.0], spreads
 
 
+def test_noise_init_starts_every_noise_map_visible(tmp_path):
+    """StyleGAN's zero start leaves all but the last layer's noise near 0 in a short run;
+    noise_init starts every layer's noise at that scale (a 1-step run barely moves it)."""
+    scales = {}
+    for start in (0.0, 0.2):
+        path = tmp_path / f"n{start:g}.safetensors"
+        drive(train_pix2pix(_pairs(), path, config=_texture_cfg(steps=1, noise_init=start)))
+        model = load_generator(path)
+        noise = [m for m in model.module.modules() if isinstance(m, NoiseInjection)]
+        scales[start] = [float(m.weight.abs().mean()) for m in noise]
+        assert model.spec.provenance["config"]["noise_init"] == start
+    assert max(scales[0.0]) < 0.01 and min(scales[0.2]) > 0.15, scales
+
+
 def test_ssim_term_trains_the_drawing_l1_sees(tmp_path):
     cfg = _texture_cfg(l1_noise_free=True, ssim_weight=50.0)
     events = list(train_pix2pix(_pairs(), tmp_path / "s.safetensors", config=cfg))
@@ -302,6 +316,10 @@ def test_variant_settings_are_checked():
         _texture_cfg(noise=False, l1_noise_free=True).check()
     with pytest.raises(ValueError, match="ms_weight needs a generator with noise"):
         _texture_cfg(noise=False, ms_weight=1.0).check()
+    with pytest.raises(ValueError, match="noise_init needs a generator with noise"):
+        _texture_cfg(noise=False, noise_init=0.1).check()
+    with pytest.raises(ValueError, match="starting scale must be 0 to 1"):
+        _texture_cfg(noise_init=2.0).check()
     with pytest.raises(ValueError, match="mode-seeking and SSIM weights must be >= 0"):
         _texture_cfg(ms_weight=-1.0).check()
     with pytest.raises(ValueError, match="low-pass sigma must be 0 to crop size / 8 = 4"):

@@ -165,9 +165,10 @@ def test_recipe_options_in_the_advanced_fold(widget):
     for field in (w.preset, w.upsample, w.noise, w.d_scales, w.fm_weight, w.l1_weight,
                   w.l1_sigma, w.l1_noise_free, w.ssim_weight, w.ms_weight):  # fmt: skip
         assert form.isAncestorOf(field.native)
-    cfg = w.build_config()  # the paper's recipe by default; width sets both networks
+    cfg = w.build_config()  # the augment recipe by default; width sets both networks
     assert cfg.ngf == cfg.ndf == w.net_width.value
-    assert {k: getattr(cfg, k) for k in PRESETS["pix2pix"]} == PRESETS["pix2pix"]
+    assert w.preset.value == "augment"
+    assert {k: getattr(cfg, k) for k in PRESETS["augment"]} == PRESETS["augment"]
     w.preset.value = "texture"
     assert w.upsample.value == "resize" and w.noise.value and w.d_scales.value == 2
     w.fm_weight.value = 3.0  # a single option still changes after choosing a recipe
@@ -311,7 +312,7 @@ def test_texture_strength_reaches_generate_and_export(widget, qtbot, tmp_path):
     model = load_generator(w.generator_path())
     core_zero = generate_image(model, labels, device="cpu", seed=0, noise_strength=0.0)
     assert (w.texture_strength.value, w.texture_strength.min, w.texture_strength.max,
-            w.texture_strength.step) == (1.0, 0.0, 2.0, 0.25)  # fmt: skip
+            w.texture_strength.step) == (1.0, 0.0, 4.0, 0.25)  # fmt: skip
     w.generate()
     _wait(qtbot, w)
     as_trained = viewer.layers["blobs labels synthetic"].data.copy()

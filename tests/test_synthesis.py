@@ -347,7 +347,7 @@ def test_noise_strength_reaches_generation_and_export(bundled_generator, tmp_pat
                      noise_strength=strength)  # fmt: skip
         written = np.asarray(Image.open(out / "images" / "synth_0000.png"))
         np.testing.assert_array_equal(written, expected)
-    with pytest.raises(ValueError, match="noise strength must be >= 0"):
+    with pytest.raises(ValueError, match="noise strength must be 0 to 4"):
         export_pairs(model, [labels], tmp_path / "neg", 1, device="cpu", noise_strength=-0.5)
     assert not (tmp_path / "neg").exists()  # refused before any folder is made
 

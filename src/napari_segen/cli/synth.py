@@ -13,7 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.conventions import SYNTHETIC_MIXING_NOTE
+from ..data.conventions import (
+    DEFAULT_SYNTH_PRESET,
+    SUGGESTED_SYNTHETIC_SHARE,
+    SYNTHETIC_MIXING_NOTE,
+)
 from ..utils.generators import drive
 from ..utils.jsonsafe import json_safe
 from ._common import (
@@ -61,14 +65,16 @@ def _add_train(ss) -> None:
         "+ L1 loss). The generator is checkpointed atomically to --out (with its .json), the "
         "training state that --resume continues from to <name>.last.safetensors (+ .json) "
         "beside it; sample grids (mask | real | generated) go to <name>_samples/. Held-out "
-        "pairs give an SSIM/PSNR/FID readout at the end. --preset texture trains the variant "
-        "meant to draw texture (resize-then-convolve up-sampling, per-layer noise, a 2-scale "
-        "discriminator with feature matching, L1 weight 10); --preset balanced is texture with "
-        "an SSIM-trained noise-free drawing and mode seeking. A noise generator's texture "
-        "strength is calibrated on the held-out pairs after training (the largest that beats a "
-        "flat class-mean painting on SSIM and FID or feature distance) and recorded in the "
-        "file, where generate and export take it as their default; single flags override a "
-        "preset.",
+        "pairs give an SSIM/PSNR/FID readout at the end. The default recipe, --preset augment, "
+        "draws texture (resize-then-convolve up-sampling, per-layer noise, a 2-scale "
+        "discriminator with feature matching) over a noise-free drawing held to the real "
+        "image by L1, with mode seeking so the noise stays: its pairs are the ones measured "
+        "to help a segmentation model. --preset pix2pix is the paper's; --preset texture "
+        "and --preset balanced are the other measured variants. Texture and balanced "
+        "generators have their texture strength calibrated on the held-out pairs after "
+        "training (the largest that beats a flat class-mean painting on SSIM and FID or "
+        "feature distance) and recorded in the file, where generate and export take it as "
+        "their default; single flags override a preset.",
     )
     add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")
@@ -91,22 +97,34 @@ def _add_train(ss) -> None:
         default=None,
         help="image channels to generate (default: 3 if the images are colour, else 1)",
     )
-    t.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (default: 300 on a CPU, 2000 on a GPU)",
+    )
     t.add_argument("--batch-size", type=int, default=1, help="crops per step (default: 1)")
     t.add_argument(
         "--crop-size",
         type=int,
-        default=256,
-        help="training crop edge, a multiple of 2**depth (default: 256)",
+        default=None,
+        help="training crop edge, a multiple of 2**depth (default: 128 on a CPU, 256 on a GPU)",
     )
-    t.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
+    t.add_argument(
+        "--ngf", type=int, default=None, help="generator width (default: 32 on a CPU, 64 on a GPU)"
+    )
     t.add_argument(
         "--depth",
         type=int,
         default=None,
         help="generator down-sampling steps (default: log2(crop size), at most 8)",
     )
-    t.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+    t.add_argument(
+        "--ndf",
+        type=int,
+        default=None,
+        help="discriminator width (default: 32 on a CPU, 64 on a GPU)",
+    )
     t.add_argument(
         "--n-layers",
         type=int,
@@ -122,14 +140,15 @@ def _add_train(ss) -> None:
     t.add_argument(
         "--preset",
         choices=list(PRESET_NAMES),
-        default="pix2pix",
+        default=DEFAULT_SYNTH_PRESET,
         help="recipe: 'pix2pix' (the paper's), 'texture' (resize up-sampling, noise, 2-scale "
         "discriminator, feature matching 10, L1 10), 'augment' (texture with L1 100 on the "
         "noise-free drawing, feature matching 50, mode seeking 0.1: the recipe whose pairs "
         "helped a 4-image U-Net on ISBI) or 'balanced' (texture with an "
         "SSIM-trained noise-free drawing and mode seeking: L1 10 and SSIM 1000 on the "
         "noise-free drawing, feature matching 50, mode seeking 0.3; its texture strength is "
-        "calibrated after training); the flags below override it (default: pix2pix)",
+        "calibrated after training); the flags below override it (default: %(default)s, the "
+        "only recipe whose pairs helped beyond the seeds' spread)",
     )
     t.add_argument(
         "--upsample",
@@ -169,8 +188,8 @@ def _add_train(ss) -> None:
         "--l1-weight",
         type=float,
         default=None,
-        help="L1 weight lambda (default: the preset's: 100 for pix2pix, 10 for texture and "
-        "balanced)",
+        help="L1 weight lambda (default: the preset's: 100 for pix2pix and augment, 10 for "
+        "texture and balanced)",
     )
     t.add_argument(
         "--l1-sigma",
@@ -182,11 +201,11 @@ def _add_train(ss) -> None:
     )
     t.add_argument(
         "--l1-noise-free",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="apply the L1 term to the generator's noise-free drawing, so the noise is free "
         "to draw texture (needs a noise generator, e.g. --preset texture; default: the "
-        "preset's, on for balanced)",
+        "preset's, on for augment and balanced)",
     )
     t.add_argument(
         "--ssim-weight",
@@ -203,7 +222,7 @@ def _add_train(ss) -> None:
         metavar="W",
         help="weight of a mode-seeking term that rewards different images for different "
         "noise, so the generator cannot learn to ignore its noise (needs a noise generator; "
-        "default: the preset's: 0.3 for balanced, else 0)",
+        "default: the preset's: 0.1 for augment, 0.3 for balanced, else 0)",
     )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
@@ -424,6 +443,7 @@ def _read_masks(items: list[str], mask_map: str | None):
 def run_train(args: argparse.Namespace) -> int:
     from ..metrics.report import format_quality_report
     from ..synthesis.calibrate import has_noise_maps, recommended_noise_strength
+    from ..synthesis.device_defaults import device_defaults
     from ..synthesis.trainer import SynthConfig, train_pix2pix
     from ..training.assembly import assemble_pix2pix
 
@@ -439,15 +459,15 @@ def run_train(args: argparse.Namespace) -> int:
         calibrate_noise=False if args.no_calibrate else None,
         ssim_weight=args.ssim_weight,
     )
+    sizes, defaulted = device_defaults(
+        args.device, steps=args.steps, crop_size=args.crop_size, ngf=args.ngf, ndf=args.ndf
+    )
     cfg = SynthConfig.from_preset(
         args.preset,
         **{k: v for k, v in chosen.items() if v is not None},
-        steps=args.steps,
+        **sizes,
         batch_size=args.batch_size,
-        crop_size=args.crop_size,
-        ngf=args.ngf,
         depth=args.depth,
-        ndf=args.ndf,
         n_layers=args.n_layers,
         norm=args.norm,
         gan_loss=args.gan_loss,
@@ -461,6 +481,9 @@ def run_train(args: argparse.Namespace) -> int:
         evaluate=not args.no_eval,
     )
     cfg.check()  # a setting the networks cannot take is told before the images are read
+    if defaulted and not args.resume:
+        flags = ", ".join(f"--{n.replace('_', '-')} {sizes[n]}" for n in defaulted)
+        print(f"settings for this machine: {flags} (set them to change)", file=sys.stderr)
     names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     assembled = drive(
         assemble_pix2pix(
@@ -671,7 +694,8 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {summary['pairs']} pairs; mix them into a training run with: napari-segen "
         f"train ... --synthetic-images {export.images_dir} --synthetic-masks "
-        f"{export.masks_dir} --synthetic-share 0.2 (a cap on their share of the crops; check "
+        f"{export.masks_dir} --synthetic-share {SUGGESTED_SYNTHETIC_SHARE:g} (a cap on their "
+        f"share of the crops; check "
         f"held-out Dice with and without them). Note: {SYNTHETIC_MIXING_NOTE}",
         file=sys.stderr,
     )

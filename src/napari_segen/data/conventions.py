@@ -12,6 +12,15 @@ DEFAULT_TILE_SIZE = 512
 
 #: Why synthetic pairs join a training run only when asked (benchmarks/synth_augmentation.py,
 #: docs/benchmarks.md "Synthetic pairs as extra training data"); the CLI and widgets say it.
+#: The synthetic share of the training crops the benchmark measured a gain at (the cap that
+#: the CLI and the widgets suggest).
+SUGGESTED_SYNTHETIC_SHARE = 0.33
+
+#: The generator recipe (``synth train --preset``, the Synthesize widget's Recipe) a new run
+#: starts from: of the four measured, the only one whose pairs helped a U-Net beyond the
+#: seeds' spread (docs/benchmarks.md, "Synthetic pairs as extra training data").
+DEFAULT_SYNTH_PRESET = "augment"
+
 SYNTHETIC_MIXING_NOTE = (
     "synthetic pairs are not mixed into training unless you ask: on ISBI (4 real pairs) "
     "pairs from an 'augment'-recipe generator capped at a third of the crops gave +0.020 "

@@ -48,7 +48,8 @@ __all__ = [
 
 #: The texture strengths tried: 0 to 1 in steps of 1/16.
 STRENGTH_GRID: tuple[float, ...] = tuple(i / 16 for i in range(17))
-#: Largest recorded strength accepted from a model file (anything else reads as 1).
+#: Largest texture strength: given to generation, or recorded in a model file (a larger
+#: recorded one reads as 1).
 MAX_RECOMMENDED_STRENGTH = 4.0
 
 

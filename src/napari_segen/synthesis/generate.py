@@ -36,7 +36,7 @@ from ..utils.atomic import (
 )
 from ..utils.devices import resolve_device
 from ..utils.generators import Progress, drive
-from .calibrate import recommended_noise_strength
+from .calibrate import MAX_RECOMMENDED_STRENGTH, recommended_noise_strength
 from .masks import MaskTransformConfig, iter_random_masks
 
 
@@ -83,11 +83,13 @@ def load_generator(
 
 def check_noise_strength(noise_strength: float | None) -> float | None:
     """Raise a ValueError unless ``noise_strength`` is None (the generator's recommended
-    strength) or a finite number >= 0; return it."""
+    strength) or a number from 0 to :data:`MAX_RECOMMENDED_STRENGTH`; return it."""
     if noise_strength is None:
         return None
-    if not (np.isfinite(noise_strength) and noise_strength >= 0):
-        raise ValueError(f"the noise strength must be >= 0 (and finite), got {noise_strength}")
+    if not (np.isfinite(noise_strength) and 0 <= noise_strength <= MAX_RECOMMENDED_STRENGTH):
+        raise ValueError(
+            f"the noise strength must be 0 to {MAX_RECOMMENDED_STRENGTH:g}, got {noise_strength}"
+        )
     return float(noise_strength)
 
 

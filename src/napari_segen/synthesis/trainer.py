@@ -271,8 +271,8 @@ class SynthConfig:
         for name in ("l1_noise_free", "ms_weight", "noise_init"):
             if getattr(self, name) and not self.noise:
                 raise ValueError(
-                    f"{name} needs a generator with noise (noise=True; on the command line "
-                    "--preset texture or --noise)"
+                    f"{name} needs a generator with noise: keep the noise maps on, or turn "
+                    f"{name} off too (the pix2pix recipe has no noise terms)"
                 )
         if not 0 <= self.l1_sigma <= self.crop_size / 8:
             raise ValueError(

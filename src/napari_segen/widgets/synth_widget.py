@@ -11,7 +11,7 @@ Three actions, each run off the GUI thread by a
 * **Generate** an image from the current Labels layer into ``<labels> synthetic``.
 * **Export** N synthetic pairs (randomly transformed masks + generated images)
   to a folder that ``napari-segen train`` and the Train widget read; in the
-  folded "Quality filter" section a segmentation model (the bundled default
+  folded "Quality filter for exported pairs" section a segmentation model (the bundled default
   or a file) can score each pair and remove those below a minimum Dice
   (``scores.csv`` beside the pairs), in the same task as the export.
 
@@ -23,10 +23,12 @@ trained (1 when none was), which the user can still change.
 "Score generator" compares the image generated from the Labels layer with the
 Image layer. The form starts with settings a CPU finishes in minutes (crop 128,
 width 32, 300 steps) and the paper's on a GPU (256, 64, 2000); the network width,
-the recipe (the paper's pix2pix; "texture": resize up-sampling, noise maps,
-a 2-scale discriminator with feature matching; or "balanced": texture with an
-SSIM-trained noise-free drawing and mode seeking) and its single options,
-held-out share, time limit and resume sit in a folded "Advanced" section. While
+the recipe ("augment", the default: texture with L1 on the noise-free drawing and
+mode seeking, the recipe whose pairs helped a U-Net; the paper's pix2pix;
+"texture": resize up-sampling, noise maps, a 2-scale discriminator with feature
+matching; or "balanced": texture with an SSIM-trained noise-free drawing and
+mode seeking) and its single options, held-out share, time limit and resume sit
+in a folded "Advanced training settings" section. While
 training, the status shows the time left; the saved file's full path can be copied.
 All the work is done by :mod:`napari_segen.synthesis`.
 """
@@ -52,9 +54,15 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
-from ..data.conventions import SYNTHETIC_MIXING_NOTE
+from ..data.conventions import (
+    DEFAULT_SYNTH_PRESET,
+    SUGGESTED_SYNTHETIC_SHARE,
+    SYNTHETIC_MIXING_NOTE,
+)
 from ..data.sources import DENSE, ArraySource, FolderSource, Source
 from ..models import default_generator_path, default_model_path
+from ..synthesis.calibrate import MAX_RECOMMENDED_STRENGTH
+from ..synthesis.device_defaults import DEVICE_DEFAULTS, device_kind
 from ..synthesis.trainer import PRESETS
 from ..utils.devices import available_devices
 from ..utils.generators import Progress
@@ -72,24 +80,9 @@ FILTER_OFF = "off (keep every pair)"
 FILTER_FILE = "model file..."
 CROP_CHOICES = [32, 64, 128, 256, 512]
 
+
 #: Form defaults by device kind: the pix2pix paper's settings where a GPU runs them in
 #: minutes, and a smaller network, crop and run that a CPU finishes in minutes too.
-DEVICE_DEFAULTS = {
-    "gpu": {"steps": 2000, "crop_size": 256, "width": 64},
-    "cpu": {"steps": 300, "crop_size": 128, "width": 32},
-}
-
-
-def device_kind(device: str) -> str:
-    """``"gpu"`` when ``device`` (``auto`` included) resolves to CUDA or MPS, else ``"cpu"``."""
-    from ..utils.devices import resolve_device
-
-    try:
-        return "cpu" if resolve_device(device).type == "cpu" else "gpu"
-    except (ValueError, RuntimeError):
-        return "cpu"
-
-
 def format_eta(seconds: float) -> str:
     """``"~40 s left"``, ``"~3 min left"``, ``"~1.5 h left"``."""
     if seconds < 90:
@@ -230,9 +223,9 @@ class SynthesizeWidget(Container):
             tooltip="filters in the first layer of the generator and the discriminator (ngf, "
             "ndf; the paper uses 64); halving it cuts the computation to about a quarter",
         )  # fmt: skip
-        paper = PRESETS["pix2pix"]
+        paper = PRESETS[DEFAULT_SYNTH_PRESET]
         self.preset = ComboBox(
-            label="Recipe", choices=list(PRESETS), value="pix2pix",
+            label="Recipe", choices=list(PRESETS), value=DEFAULT_SYNTH_PRESET,
             tooltip="pix2pix: the paper's. texture: resize-then-convolve up-sampling (no "
             "checkerboard), noise maps in the decoder, a 2-scale discriminator with feature "
             "matching and a lighter L1 term. augment: texture with L1 on the noise-free drawing "
@@ -314,11 +307,11 @@ class SynthesizeWidget(Container):
         )
         self.stochastic = CheckBox(
             text="Dropout noise (a different image each time)",
-            tooltip="keep dropout on, and draw a generator's noise maps unseeded; unticked, "
-            "the same labels give the same image",
+            tooltip="Generate: keep dropout on and draw a generator's noise maps unseeded; "
+            "unticked, the same labels give the same image (Export always seeds its pairs)",
         )
         self.texture_strength = FloatSpinBox(
-            label="Texture strength", value=1.0, min=0.0, max=2.0, step=0.25,
+            label="Texture strength", value=1.0, min=0.0, max=MAX_RECOMMENDED_STRENGTH, step=0.25,
             tooltip="scale of the noise maps of a generator trained with noise (the bundled "
             "one is): 1 = as trained, 0 = its noise-free drawing; lower gives smoother images "
             "with less grain, higher more. Choosing a generator sets it to the strength "
@@ -767,7 +760,7 @@ class SynthesizeWidget(Container):
         self.status.value = (
             f"{wrote}. Note: {SYNTHETIC_MIXING_NOTE}. To try them: napari-segen train ... "
             "--synthetic-images <folder>/images --synthetic-masks <folder>/masks "
-            "--synthetic-share 0.33"
+            f"--synthetic-share {SUGGESTED_SYNTHETIC_SHARE:g}"
         )
 
     def score(self, *_: Any) -> None:
