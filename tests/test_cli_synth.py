@@ -120,12 +120,10 @@ def test_train_resume_and_refusals(generator, folders, capsys):
     assert summary["steps"] == 8
 
 
-def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, monkeypatch, capsys):
-    from napari_segen.cli.synth import PRESET_NAMES
-    from napari_segen.data.conventions import DEFAULT_SYNTH_PRESET
+def _configs_seen_by_the_trainer(monkeypatch) -> list:
+    """The SynthConfig of every ``train_pix2pix`` call the CLI makes (the run still goes on)."""
     from napari_segen.synthesis import trainer
 
-    assert tuple(trainer.PRESETS) == PRESET_NAMES
     seen = []
     real = trainer.train_pix2pix
 
@@ -134,6 +132,16 @@ def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, mon
         return real(*args, config=config, **kwargs)
 
     monkeypatch.setattr(trainer, "train_pix2pix", spy)
+    return seen
+
+
+def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, monkeypatch, capsys):
+    from napari_segen.cli.synth import PRESET_NAMES
+    from napari_segen.data.conventions import DEFAULT_SYNTH_PRESET
+    from napari_segen.synthesis import trainer
+
+    assert tuple(trainer.PRESETS) == PRESET_NAMES
+    seen = _configs_seen_by_the_trainer(monkeypatch)
     base = ["synth", "train", "--images", str(folders / "images"), "--masks",
             str(folders / "masks"), "--crop-size", "32", "--ngf", "4", "--ndf", "4",
             "--n-layers", "2", "--device", "cpu", "--steps", "2", "--sample-every", "0",
@@ -183,16 +191,9 @@ def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, mon
 def test_train_sizes_fit_the_machine(folders, tmp_path, monkeypatch, capsys):
     """Without size flags a CPU run gets CPU-sized settings (the paper's take hours there),
     says so, and a flag the user gives wins."""
-    from napari_segen.synthesis import device_defaults, trainer
+    from napari_segen.synthesis import device_defaults
 
-    seen = []
-    real = trainer.train_pix2pix
-
-    def spy(*args, config, **kwargs):
-        seen.append(config)
-        return real(*args, config=config, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_pix2pix", spy)
+    seen = _configs_seen_by_the_trainer(monkeypatch)
     base = ["synth", "train", "--images", str(folders / "images"), "--masks",
             str(folders / "masks"), "--device", "cpu", "--n-layers", "2", "--no-eval",
             "--sample-every", "0", "--quiet", "--preset", "pix2pix"]  # fmt: skip
