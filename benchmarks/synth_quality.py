@@ -98,9 +98,7 @@ def calibrate(args, model, train, dev) -> dict:
     class-mean painting (means from the other training pairs) and pick one (see --calibrate).
 
     The scores and the rule are the core's
-    (:func:`napari_segen.synthesis.calibrate.iter_calibrate_noise_strength`); where no
-    strength beats the painting on both, this benchmark falls back to SSIM alone (the
-    core keeps the generator as trained)."""
+    (:func:`napari_segen.synthesis.calibrate.iter_calibrate_noise_strength`)."""
     from napari_segen.synthesis.calibrate import iter_calibrate_noise_strength
     from napari_segen.utils.generators import drive
 
@@ -114,13 +112,7 @@ def calibrate(args, model, train, dev) -> dict:
     painted = _bench_row(result.painted)
     rows = {s: _bench_row(result.rows[s]) for s in strengths}
     key = "fid" if painted["fid"] is not None else "feature_distance"
-    ssim_only = [s for s, r in rows.items() if r["ssim"] > painted["ssim"]]
-    if result.beats_painting:
-        chosen, why = result.chosen, "the largest that beats the painting on SSIM and features"
-    elif ssim_only:
-        chosen, why = max(ssim_only), "none beats the painting on both; the largest on SSIM"
-    else:
-        chosen, why = min(rows), "none beats the painting on SSIM; the smallest"
+    chosen, why = result.chosen, result.reason
     names = [p.name for p in held]
     print(f"calibration on {', '.join(names)} ({key}):")
     print(f"  class-mean painting  SSIM {painted['ssim']:.4f}  {painted[key]:.4f}")
@@ -179,9 +171,9 @@ def main(argv=None) -> int:
         default=0,
         metavar="N",
         help="choose the noise strength (among 1 and --noise-strengths) on the last N ISBI "
-        "training pairs, which the generator must not have seen (train it on the others): the "
-        "largest strength that beats the class-mean painting there on SSIM and features (else "
-        "on SSIM alone); the held-out table then names the chosen row. 0: no calibration",
+        "training pairs, which the generator must not have seen (train it on the others), by "
+        "the core's rule (the widest margin over the class-mean painting on SSIM and "
+        "features); the held-out table then names the chosen row. 0: no calibration",
     )
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--crop-size", type=int, default=128)

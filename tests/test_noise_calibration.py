@@ -105,9 +105,11 @@ def _fake_scores(monkeypatch, table):
     return calls
 
 
-def test_rule_picks_the_largest_strength_that_beats_the_painting_on_both(monkeypatch):
+def test_rule_picks_the_widest_margin_over_the_painting_on_both(monkeypatch):
+    """0.25 and 0.5 beat the painting on both; 0.5 only by 4% SSIM (the edge of the winning
+    range, first to lose on new images), 0.25 by at least 10% on each: 0.25 is chosen."""
     strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
-    table = {None: (0.50, 10.0), 0.0: (0.60, 12.0), 0.25: (0.58, 9.0), 0.5: (0.55, 8.0),
+    table = {None: (0.50, 10.0), 0.0: (0.60, 12.0), 0.25: (0.58, 9.0), 0.5: (0.52, 8.0),
              0.75: (0.49, 7.0), 1.0: (0.40, 6.0)}  # fmt: skip
     order = _fake_scores(monkeypatch, table)
     order.extend([None, *strengths])
@@ -119,19 +121,20 @@ def test_rule_picks_the_largest_strength_that_beats_the_painting_on_both(monkeyp
         events.append,
     )  # fmt: skip
     assert [e.done for e in events] == [1, 2, 3, 4, 5] and events[-1].total == 5
-    assert result.chosen == 0.5  # 0.25 and 0.5 beat it on both; 0.75 loses on SSIM
-    assert "largest strength that beats" in result.reason
+    assert result.chosen == 0.25 and result.beats_painting
+    assert "widest margin" in result.reason
     assert result.distance_name == "feature distance" and result.pairs == ["p0", "p1"]
     line = result.summary()
     assert line == (
-        "texture strength x0.5: beats the flat painting on SSIM (0.550 vs 0.500) and "
-        "feature distance (8 vs 10) on 2 held-out pairs"
+        "texture strength x0.25: beats the flat painting on SSIM (0.580 vs 0.500) and "
+        "feature distance (9 vs 10) on 2 held-out pairs"
     )
     blob = json.loads(json.dumps(result.to_json(), allow_nan=False))
-    assert blob["chosen"] == 0.5 and set(blob["rows"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert blob["chosen"] == 0.25 and set(blob["rows"]) == {"0", "0.25", "0.5", "0.75", "1"}
 
 
-def test_rule_keeps_the_trained_strength_when_none_beats_the_painting(monkeypatch):
+def test_rule_takes_the_closest_strength_when_none_beats_the_painting(monkeypatch):
+    """0 misses on the distance by 20%, 1 on SSIM by 20%, 0.5 on SSIM by 10%: 0.5."""
     strengths = [0.0, 0.5, 1.0]
     table = {None: (0.50, 10.0), 0.0: (0.60, 12.0), 0.5: (0.45, 8.0), 1.0: (0.40, 6.0)}
     order = _fake_scores(monkeypatch, table)
@@ -140,8 +143,9 @@ def test_rule_keeps_the_trained_strength_when_none_beats_the_painting(monkeypatc
         iter_calibrate_noise_strength(_model(), _pairs(1), _pairs(1, seed=1), strengths=strengths,
                                       device="cpu")
     )  # fmt: skip
-    assert result.chosen == 1.0 and not result.beats_painting
+    assert result.chosen == 0.5 and not result.beats_painting
     assert "no strength beats the flat painting on both" in result.reason
+    assert "misses by the least" in result.reason
     assert "no strength beats the flat painting on both" in result.summary()
     assert len(result.summary().splitlines()) == 1
 
@@ -156,9 +160,12 @@ def test_real_scores_and_no_noise_generator():
     )  # fmt: skip
     assert set(result.rows) == {0.0, 0.5, 1.0}
     painted = result.painted
-    wins = [s for s, r in result.rows.items()
-            if r["ssim"] > painted["ssim"] and r["distance"] < painted["distance"]]  # fmt: skip
-    assert result.chosen == (max(wins) if wins else 1.0)
+    margins = {
+        s: min((r["ssim"] - painted["ssim"]) / painted["ssim"],
+               (painted["distance"] - r["distance"]) / painted["distance"])
+        for s, r in result.rows.items()
+    }  # fmt: skip
+    assert result.chosen == max(margins, key=lambda s: (margins[s], s))
     # generation at strength s with seed i is what was scored
     assert result.rows[0.0]["ssim"] != result.rows[1.0]["ssim"]
     with pytest.raises(ValueError, match="has no noise maps") as err:
@@ -264,6 +271,6 @@ def test_summary_of_a_stored_calibration_is_one_line():
     c = NoiseCalibration(1.0, "why", {"ssim": 0.5, "distance": 2.0},
                          {1.0: {"ssim": 0.4, "distance": 3.0}}, "FID", ["a"])  # fmt: skip
     assert c.summary() == (
-        "texture strength x1 (as trained): no strength beats the flat painting on both SSIM "
-        "and FID on 1 held-out pair (at x1: SSIM 0.400 vs 0.500, FID 3 vs 2)"
+        "texture strength x1, the closest: no strength beats the flat painting on both SSIM "
+        "and FID on 1 held-out pair (SSIM 0.400 vs 0.500, FID 3 vs 2)"
     )

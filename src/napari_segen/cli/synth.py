@@ -72,9 +72,9 @@ def _add_train(ss) -> None:
         "to help a segmentation model. --preset pix2pix is the paper's; --preset texture "
         "and --preset balanced are the other measured variants. Texture and balanced "
         "generators have their texture strength calibrated on the held-out pairs after "
-        "training (the largest that beats a flat class-mean painting on SSIM and FID or "
-        "feature distance) and recorded in the file, where generate and export take it as "
-        "their default; single flags override a preset.",
+        "training (the one that beats a flat class-mean painting by the widest margin on "
+        "SSIM and FID or feature distance) and recorded in the file, where generate and "
+        "export take it as their default; single flags override a preset.",
     )
     add_source_arguments(t)
     t.add_argument("--val-images", help="folder of held-out images (instead of --val-split)")

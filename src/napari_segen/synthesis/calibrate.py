@@ -9,9 +9,11 @@ intensity: a generator worth using beats it on SSIM *and* on a set distance
 (FID, or the labelled feature distance without the Inception weights).
 
 :func:`iter_calibrate_noise_strength` scores a grid of strengths on held-out
-pairs against that painting and chooses the largest strength that beats it on
-both; :func:`recommended_noise_strength` reads the choice recorded in a
-generator file, which generation uses when no strength is given.
+pairs against that painting and chooses the strength with the widest margin
+over it on the worse of the two scores (a strength at the edge of the winning
+range is the first to lose on new images); :func:`recommended_noise_strength`
+reads the choice recorded in a generator file, which generation uses when no
+strength is given.
 
 No Qt, no napari.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "iter_calibrate_noise_strength",
     "recommended_noise_strength",
     "score_images",
+    "worst_margin",
 ]
 
 #: The texture strengths tried: 0 to 1 in steps of 1/16.
@@ -187,13 +190,13 @@ class NoiseCalibration:
                 f"({row['distance']:.3g} vs {p['distance']:.3g}) {n}"
             )
         shown = (
-            f" (at x1: SSIM {row['ssim']:.3f} vs {p['ssim']:.3f}, {name} "
+            f" (SSIM {row['ssim']:.3f} vs {p['ssim']:.3f}, {name} "
             f"{row['distance']:.3g} vs {p['distance']:.3g})"
             if row is not None
             else ""
         )
         return (
-            f"texture strength x{_short(self.chosen)} (as trained): no strength beats the flat "
+            f"texture strength x{_short(self.chosen)}, the closest: no strength beats the flat "
             f"painting on both SSIM and {name} {n}{shown}"
         )
 
@@ -203,7 +206,15 @@ def _short(strength: float) -> str:
 
 
 def _beats(row: dict[str, Any], painted: dict[str, Any]) -> bool:
-    return bool(row["ssim"] > painted["ssim"] and row["distance"] < painted["distance"])
+    return worst_margin(row, painted) > 0
+
+
+def worst_margin(row: dict[str, Any], painted: dict[str, Any]) -> float:
+    """The smaller of a strength's two relative margins over the painting: SSIM gained and
+    distance saved, each as a fraction of the painting's (> 0: it beats it on both)."""
+    ssim = (row["ssim"] - painted["ssim"]) / max(abs(painted["ssim"]), 1e-12)
+    distance = (painted["distance"] - row["distance"]) / max(abs(painted["distance"]), 1e-12)
+    return float(min(ssim, distance))
 
 
 def iter_calibrate_noise_strength(
@@ -222,9 +233,10 @@ def iter_calibrate_noise_strength(
     :func:`~napari_segen.synthesis.quality.evaluate_generator` does) and the images
     are scored against the real ones (:func:`score_images`), as is the class-mean
     painting of the same masks (means over ``fit_pairs``,
-    :func:`class_mean_painting`). The chosen strength is the largest that beats the
-    painting on both SSIM (higher) and the set distance (lower); when none does,
-    1.0 (the generator as trained). One :class:`Progress` per strength; stop
+    :func:`class_mean_painting`). The chosen strength has the widest
+    :func:`worst_margin` over the painting on SSIM (higher) and the set distance
+    (lower): inside the range that beats it on both when there is one, else the
+    one that misses by the least. One :class:`Progress` per strength; stop
     iterating to cancel.
 
     Raises:
@@ -258,15 +270,14 @@ def iter_calibrate_noise_strength(
         rows[strength] = score_images(reals, fakes, device=dev, extractor=extractor)
         yield Progress(n, len(grid), f"texture strength x{strength:g} scored ({n} of {len(grid)})")
     name = "FID" if painted["fid"] is not None else "feature distance"
-    both = [s for s, r in rows.items() if _beats(r, painted)]
-    if both:
-        chosen = max(both)
-        reason = f"the largest strength that beats the flat painting on both SSIM and {name}"
+    # ties go to the stronger texture
+    chosen = max(rows, key=lambda s: (worst_margin(rows[s], painted), s))
+    if _beats(rows[chosen], painted):
+        reason = f"the widest margin over the flat painting on both SSIM and {name}"
     else:
-        chosen = 1.0
         reason = (
-            f"no strength beats the flat painting on both SSIM and {name}; the generator is "
-            "used as trained"
+            f"no strength beats the flat painting on both SSIM and {name}; this one misses "
+            "by the least"
         )
     return NoiseCalibration(
         chosen=chosen, reason=reason, painted=painted, rows=rows, distance_name=name,

@@ -279,9 +279,9 @@ class SynthesizeWidget(Container):
         )  # fmt: skip
         self.calibrate_noise = CheckBox(
             text="Calibrate texture strength after training", value=paper["calibrate_noise"],
-            tooltip="with held-out pairs and noise maps: record the largest texture strength "
-            "whose images beat a flat painting of the mask on SSIM and FID / feature distance; "
-            "Generate and Export then use it",
+            tooltip="with held-out pairs and noise maps: record the texture strength whose "
+            "images beat a flat painting of the mask by the widest margin on SSIM and FID / "
+            "feature distance (or miss by the least); Generate and Export then use it",
         )  # fmt: skip
         self.val_split = FloatSpinBox(label="Held out", value=0.2, min=0.0, max=0.9, step=0.05)
         self.max_minutes = FloatSpinBox(
