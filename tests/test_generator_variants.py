@@ -288,7 +288,7 @@ def test_noise_init_starts_every_noise_map_visible(tmp_path):
         drive(train_pix2pix(_pairs(), path, config=_texture_cfg(steps=1, noise_init=start)))
         model = load_generator(path)
         noise = [m for m in model.module.modules() if isinstance(m, NoiseInjection)]
-        scales[start] = [float(m.weight.abs().mean()) for m in noise]
+        scales[start] = [float(m.weight.detach().abs().mean()) for m in noise]
         assert model.spec.provenance["config"]["noise_init"] == start
     assert max(scales[0.0]) < 0.01 and min(scales[0.2]) > 0.15, scales
 
