@@ -6,7 +6,8 @@ recipe and CPU settings (``--steps`` of them) on the sample, with the image it
 generated from the sample's labels beside the real one, and the export fold open.
 
 Run under a display, or:
-``xvfb-run -a -s '-screen 0 1600x1000x24' python docs/screenshot.py [segment|synth] OUT.png``.
+``OMP_NUM_THREADS=1 xvfb-run -a -s '-screen 0 1600x1000x24' python docs/screenshot.py synth OUT.png``
+(one torch thread: Mesa's software renderer needs the other core).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ else:
         for layer in viewer.layers:
             layer.visible = layer in (image, drawn)
         viewer.grid.enabled = True  # the real slice and the drawn one side by side
+        viewer.reset_view()
         w.filter_section.expand()
-        shoot(drawn)
+        QTimer.singleShot(1000, lambda: shoot(drawn))  # let the fold lay out first
 
     def trained() -> None:
         print(w.status.value)
