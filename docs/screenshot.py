@@ -6,7 +6,7 @@ recipe and CPU settings (``--steps`` of them) on the sample, with the image it
 generated from the sample's labels beside the real one, and the export fold open.
 
 Run under a display, or:
-``OMP_NUM_THREADS=1 xvfb-run -a -s '-screen 0 1600x1000x24' python docs/screenshot.py synth OUT.png``
+``OMP_NUM_THREADS=1 xvfb-run -a python docs/screenshot.py synth OUT.png``
 (one torch thread: Mesa's software renderer needs the other core).
 """
 
