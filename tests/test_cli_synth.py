@@ -148,8 +148,10 @@ def test_train_preset_and_variant_flags_reach_the_trainer(folders, tmp_path, mon
             "--no-eval", "--quiet"]  # fmt: skip
     # the preset, with one of its settings overridden
     out = tmp_path / "texture.safetensors"
-    assert main([*base, "--preset", "texture", "--fm-weight", "5", "--out", str(out)]) == 0
+    texture = ["--preset", "texture", "--fm-weight", "5", "--noise-init", "0.2"]
+    assert main([*base, *texture, "--out", str(out)]) == 0
     cfg = seen[-1]
+    assert cfg.noise_init == 0.2
     assert (cfg.upsample, cfg.noise, cfg.d_scales, cfg.fm_weight, cfg.l1_weight) == (
         "resize", True, 2, 5.0, 10.0,
     )  # fmt: skip

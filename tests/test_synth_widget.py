@@ -199,6 +199,7 @@ def test_balanced_preset_sets_every_recipe_option(widget):
     balanced = PRESETS["balanced"]
     assert {k: wd.value for k, wd in w._recipe_widgets().items()} == balanced
     assert (w.l1_noise_free.value, w.ssim_weight.value, w.ms_weight.value) == (True, 1000, 0.3)
+    assert w.noise_init.value == 0.1 and w.build_config().noise_init == 0.1
     cfg = w.build_config()
     assert {k: getattr(cfg, k) for k in balanced} == balanced and cfg.calibrate_noise
     w.preset.value = "augment"  # the recipe synth_augmentation measured (docs/benchmarks.md)

@@ -224,6 +224,15 @@ def _add_train(ss) -> None:
         "noise, so the generator cannot learn to ignore its noise (needs a noise generator; "
         "default: the preset's: 0.1 for augment, 0.3 for balanced, else 0)",
     )
+    t.add_argument(
+        "--noise-init",
+        type=float,
+        default=None,
+        metavar="S",
+        help="starting scale of every noise map, 0 to 1 (0, as in StyleGAN, leaves all but the "
+        "finest layer's noise unused in a short run; needs a noise generator; default: the "
+        "preset's: 0.1 for balanced, else 0)",
+    )
     t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
     t.add_argument(
         "--sample-every", type=int, default=200, help="steps between sample grids (default: 200)"
@@ -456,6 +465,7 @@ def run_train(args: argparse.Namespace) -> int:
         l1_sigma=args.l1_sigma,
         l1_noise_free=args.l1_noise_free,
         ms_weight=args.mode_seeking,
+        noise_init=args.noise_init,
         calibrate_noise=False if args.no_calibrate else None,
         ssim_weight=args.ssim_weight,
     )

@@ -77,10 +77,11 @@ __all__ = [
 #: ignore its noise. ``"balanced"`` is "texture" with the L1 term (10) and an SSIM term
 #: (1000) on the noise-free drawing, feature matching 50 and mode seeking (0.3), so the
 #: drawing holds the structure and the noise the texture; its texture strength is then
-#: calibrated on the held-out pairs (see :mod:`napari_segen.synthesis.calibrate`). On
-#: ISBI (``benchmarks/synth_quality.py``) one of three such generators beat a flat
-#: class-mean painting on both SSIM and a feature distance at its calibrated strength
-#: (two missed by hairs); at strength 1 all lose on SSIM. ``"augment"`` is "texture" with
+#: calibrated on the held-out pairs (see :mod:`napari_segen.synthesis.calibrate`). Its
+#: noise maps start at 0.1 (not 0), so the coarser layers' noise is used too. On ISBI
+#: (``benchmarks/synth_quality.py``) three such generators (seeds 0-2) beat a flat
+#: class-mean painting on both SSIM and a feature distance at their calibrated strength;
+#: at strength 1 all lose on SSIM. ``"augment"`` is "texture" with
 #: L1 100 on the noise-free drawing, feature matching 50 and mode seeking 0.1: the only
 #: recipe whose synthetic pairs made a 4-image U-Net better beyond the seeds' spread
 #: (``benchmarks/synth_augmentation.py``, 5 seeds, +0.020 Dice). Its pairs were made at
@@ -88,19 +89,19 @@ __all__ = [
 _TEXTURE: dict[str, Any] = {
     "upsample": "resize", "noise": True, "d_scales": 2, "fm_weight": 10.0,
     "l1_weight": 10.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
-    "ms_weight": 0.0, "calibrate_noise": True,
+    "ms_weight": 0.0, "noise_init": 0.0, "calibrate_noise": True,
 }  # fmt: skip
 PRESETS: dict[str, dict[str, Any]] = {
     "pix2pix": {
         "upsample": "transpose", "noise": False, "d_scales": 1, "fm_weight": 0.0,
         "l1_weight": 100.0, "l1_sigma": 0.0, "l1_noise_free": False, "ssim_weight": 0.0,
-        "ms_weight": 0.0, "calibrate_noise": True,
+        "ms_weight": 0.0, "noise_init": 0.0, "calibrate_noise": True,
     },
     "texture": dict(_TEXTURE),
     "augment": {**_TEXTURE, "fm_weight": 50.0, "l1_weight": 100.0, "l1_noise_free": True,
                 "ms_weight": 0.1, "calibrate_noise": False},
     "balanced": {**_TEXTURE, "fm_weight": 50.0, "l1_noise_free": True, "ssim_weight": 1000.0,
-                 "ms_weight": 0.3},
+                 "ms_weight": 0.3, "noise_init": 0.1},
 }  # fmt: skip
 
 

@@ -277,6 +277,11 @@ class SynthesizeWidget(Container):
             tooltip="rewards different images for different noise, so the generator cannot "
             "learn to ignore its noise maps (needs noise maps; 0: off)",
         )  # fmt: skip
+        self.noise_init = FloatSpinBox(
+            label="Noise maps start at", value=paper["noise_init"], min=0.0, max=1.0, step=0.05,
+            tooltip="starting scale of every noise map (0, as in StyleGAN, leaves all but the "
+            "finest layer's noise unused in a short run; needs noise maps)",
+        )  # fmt: skip
         self.calibrate_noise = CheckBox(
             text="Calibrate texture strength after training", value=paper["calibrate_noise"],
             tooltip="with held-out pairs and noise maps: record the texture strength whose "
@@ -373,6 +378,7 @@ class SynthesizeWidget(Container):
                 self.l1_noise_free,
                 self.ssim_weight,
                 self.ms_weight,
+                self.noise_init,
                 self.calibrate_noise,
                 self.val_split,
                 self.max_minutes,
@@ -461,7 +467,7 @@ class SynthesizeWidget(Container):
             "fm_weight": self.fm_weight, "l1_weight": self.l1_weight,
             "l1_sigma": self.l1_sigma, "l1_noise_free": self.l1_noise_free,
             "ssim_weight": self.ssim_weight, "ms_weight": self.ms_weight,
-            "calibrate_noise": self.calibrate_noise,
+            "noise_init": self.noise_init, "calibrate_noise": self.calibrate_noise,
         }  # fmt: skip
 
     def _on_preset(self, value: Any) -> None:
@@ -548,6 +554,7 @@ class SynthesizeWidget(Container):
             l1_noise_free=bool(self.l1_noise_free.value),
             ssim_weight=float(self.ssim_weight.value),
             ms_weight=float(self.ms_weight.value),
+            noise_init=float(self.noise_init.value),
             calibrate_noise=bool(self.calibrate_noise.value),
         )
         kw.update(self.config_overrides)
