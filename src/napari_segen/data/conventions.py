@@ -23,7 +23,8 @@ DEFAULT_SYNTH_PRESET = "augment"
 
 SYNTHETIC_MIXING_NOTE = (
     "synthetic pairs are not mixed into training unless you ask: on ISBI (4 real pairs) "
-    "pairs from an 'augment'-recipe generator capped at a third of the crops gave +0.020 "
-    "Dice (5 seeds, beyond their spread), other recipes +0.001 to +0.009 (within it); "
-    "uncapped they cost 0.18 (docs/benchmarks.md)"
+    "pairs from an 'augment'-recipe generator (the default recipe) capped at a third of the "
+    "crops gave +0.020 Dice (5 seeds, beyond their spread), the paper's pix2pix -0.019 and "
+    "other recipes +0.001 to +0.009; uncapped the same pairs cost 0.047 and pre-training on "
+    "them 0.041 (docs/benchmarks.md)"
 )

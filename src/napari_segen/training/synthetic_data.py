@@ -405,7 +405,9 @@ def _add_synthetic(
         provenance["synthetic"] = facts
         note = (
             f"pre-training on {len(synth)} synthetic pair(s), then fine-tuning on "
-            f"{len(train)} real one(s)"
+            f"{len(train)} real one(s); measured on ISBI this cost 0.041 Dice against real "
+            "only, where mixing them in at a third of the crops gained 0.020 "
+            "(docs/benchmarks.md)"
         )
         return train, synth, note
     got = mixed_share(train, synth, synthetic.share, most, at_most=True)
