@@ -297,7 +297,9 @@ def test_widget_cancel_while_filtering_says_what_is_left(
     viewer.add_labels(_mask().astype(np.uint8), name="mask")
     w = SynthesizeWidget(viewer)
     viewer.window.add_dock_widget(w, name="Synthesize")
-    monkeypatch.setattr(w, "filter_model_path", lambda: tmp_path / "stub.safetensors")
+    # on the class: undoing a patch on a magicgui Container instance raises, and the
+    # patches undone after it (load_model above) would then stay for the rest of the session
+    monkeypatch.setattr(SynthesizeWidget, "filter_model_path", lambda self: tmp_path / "stub")
     out = tmp_path / "out"
     w.export_dir.value = out
     w.n_pairs.value = N
