@@ -240,7 +240,15 @@ def test_corrections_weigh_more_replay_and_fine_tune_defaults(widget, qtbot, tmp
     (tmp_path / "old").mkdir()
     widget.use_folders.value = True
     widget.images_dir.value = widget.masks_dir.value = tmp_path / "old"
-    assert widget.build_job().folders is not None
+    assert widget.build_job().folders is not None and widget.build_job().folders.value_map is None
+    # ISBI-style folders (membrane = 0) are read with the map the user types, not inverted
+    assert not widget.mask_map.native.isHidden()  # shown with the folders
+    widget.mask_map.value = "0:1,255:0"
+    assert widget.build_job().folders.value_map == {0: 1, 255: 0}
+    widget.mask_map.value = "0-1"
+    with pytest.raises(ValueError, match="bad value map entry"):
+        widget.build_job()
+    widget.mask_map.value = ""
     widget.replay.value = True
     job = widget.build_job()
     assert job.folders is None and job.replay is not None and job.sources == [job.layers]

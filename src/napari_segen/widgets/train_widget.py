@@ -50,6 +50,7 @@ from ..data.corrections import (
     correction_pairs,
     with_replay,
 )
+from ..data.image_io import parse_value_map
 from ..data.sources import DENSE, SPARSE, ArraySource, FolderSource, Source, SourcePairs
 from ..models import ModelFileError, load_model
 from ..training import TrainConfig, TrainEvent, TrainResult, train_segmentation
@@ -247,6 +248,11 @@ class TrainWidget(Container):
         self.use_folders = CheckBox(text="Also train on image/mask folders")
         self.images_dir = FileEdit(label="Images folder", mode="d", visible=False)
         self.masks_dir = FileEdit(label="Masks folder", mode="d", visible=False)
+        self.mask_map = LineEdit(label="Mask value map", value="", visible=False)
+        self.mask_map.tooltip = (
+            "raw mask value:class pairs for the folders' masks, e.g. 0:1,255:0 for ISBI masks "
+            "(membrane = 0); empty: as read (0/255 masks become 0/1)"
+        )
         self.start_model = ComboBox(label="Start from", choices=self._start_choices)
         self.start_file = FileEdit(label="Model file", filter="*.safetensors", visible=False)
         self.val_split = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.9, step=0.05)
@@ -287,7 +293,7 @@ class TrainWidget(Container):
         self.extend(
             [
                 self.image_layer, self.labels_layer, self.mode, self.legend, self.use_folders,
-                self.images_dir, self.masks_dir, self.start_model, self.start_file,
+                self.images_dir, self.masks_dir, self.mask_map, self.start_model, self.start_file,
                 self.epochs, self.max_minutes, self.device,
                 self.out_path, self.overwrite, self.start_button, self.cancel_button,
                 self.resegment_button, self.status,
@@ -353,7 +359,7 @@ class TrainWidget(Container):
             catalog.changed.disconnect(self._on_catalog_changed)
 
     def _on_use_folders(self, value: bool) -> None:
-        self.images_dir.visible = self.masks_dir.visible = bool(value)
+        self.images_dir.visible = self.masks_dir.visible = self.mask_map.visible = bool(value)
 
     def _on_start_changed(self, value: str) -> None:
         self.start_file.visible = value == _FILE_CHOICE
@@ -554,7 +560,8 @@ class TrainWidget(Container):
             masks_dir = Path(str(self.masks_dir.value))
             if not (images_dir.is_dir() and masks_dir.is_dir()):
                 raise ValueError("choose both the images folder and the masks folder")
-            folders = FolderSource(images_dir, masks_dir, sparse=mode == SPARSE)
+            value_map = parse_value_map(self.mask_map.value)
+            folders = FolderSource(images_dir, masks_dir, value_map, sparse=mode == SPARSE)
         synthetic = self.synthetic_choice()
         first = pretrain_path(out)
         pretrain = synthetic is not None and synthetic.mode == "pretrain"
