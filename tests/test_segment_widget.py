@@ -589,3 +589,23 @@ def test_visible_region_of_a_stack_is_in_the_displayed_slice(
     np.testing.assert_array_equal(out.data[2, y0:y1, x0:x1], expected[y0:y1, x0:x1])
     out.data[2, y0:y1, x0:x1] = 0
     assert not out.data.any()  # nothing else was written
+
+
+def test_cancel_after_the_task_returned_keeps_its_result(qtbot, make_napari_viewer):
+    """A Cancel that lands between the task's return and its end is moot: the result is
+    delivered, not dropped as cancelled."""
+    from magicgui.widgets import Label, PushButton
+
+    from napari_segen.widgets._worker import TaskRunner
+
+    make_napari_viewer()
+    runner, done = TaskRunner(PushButton(), PushButton(), Label()), []
+
+    def quick():
+        yield
+        return 42
+
+    worker = runner.start(quick, description="Quick", on_done=done.append)
+    worker.returned.connect(lambda _: runner.cancel())  # after the runner's own handler
+    qtbot.waitUntil(lambda: not runner.running, timeout=30_000)
+    assert done == [42] and not runner.cancelled

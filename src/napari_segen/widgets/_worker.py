@@ -225,6 +225,8 @@ class TaskRunner:
             for b, was in zip(self.run_buttons, before, strict=True):
                 b.enabled = was
             self.cancel_button.enabled = False
+            if self.cancelled and result[0] is not _UNSET and self.error is None:
+                self.cancelled = False  # Cancel came after the task had returned: keep it
             if self.cancelled:
                 show_info(f"{description} cancelled")
             elif self.error is not None:
