@@ -680,9 +680,6 @@ def run_export(args: argparse.Namespace) -> int:
     )
     try:
         result = drive(task, on_event)
-    except BaseException as err:
-        _stop_task(task, err)
-        raise
     finally:
         bar.close()
         if stops:  # stopped before its end: what it left on disk
@@ -711,17 +708,6 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary))
     return 0
-
-
-def _stop_task(task, err: BaseException) -> None:
-    """Give a task that ``err`` (Ctrl-C in the progress bar...) stopped between two steps the
-    same stop at its ``yield``, so it tidies up now; a task ``err`` came from has done so."""
-    import contextlib
-    import inspect
-
-    if inspect.getgeneratorstate(task) == inspect.GEN_SUSPENDED:
-        with contextlib.suppress(type(err)):
-            task.throw(err)
 
 
 def _filter_setup(args: argparse.Namespace):

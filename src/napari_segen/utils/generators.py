@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,7 +32,9 @@ def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = Non
 
     The core's long tasks (prediction, training, metrics, generation) are
     generators that yield progress and return a result; GUI workers iterate them
-    (cancel = stop iterating), everything else drives them with this.
+    (cancel = stop iterating), everything else drives them with this. When
+    ``on_event`` raises (Ctrl-C in a progress bar), ``gen`` gets the same exception
+    at its ``yield``, so its own clean-up runs now rather than when it is collected.
     """
     while True:
         try:
@@ -39,7 +42,13 @@ def drive(gen: Generator[E, None, R], on_event: Callable[[E], None] | None = Non
         except StopIteration as stop:
             return stop.value
         if on_event is not None:
-            on_event(event)
+            try:
+                on_event(event)
+            except BaseException as err:
+                with contextlib.suppress(type(err), StopIteration):
+                    gen.throw(err)
+                gen.close()  # in case it went on past the stop
+                raise
 
 
 def map_events(gen: Generator[E, None, R], convert: Callable[[E], F]) -> Generator[F, None, R]:
