@@ -171,13 +171,12 @@ def check_synthetic_folders(args: argparse.Namespace, synthetic, start, sources:
     """Refuse wrong ``--synthetic-*`` folders in one line before any data is read or trained on
     (:func:`~napari_segen.training.synthetic_data.check_synthetic`)."""
     from ..training.assembly import start_spec
-    from ..training.synthetic_data import check_synthetic, classes_before_reading, real_colour
+    from ..training.synthetic_data import check_synthetic_for_run
 
     names = None if args.resume else class_names_from_args(args)
     try:
         spec = start_spec(start)
-        classes = classes_before_reading(spec, names, args.masks_are, args.instance_mode)
-        check_synthetic(synthetic, classes=classes, colour=real_colour(sources))
+        check_synthetic_for_run(synthetic, sources, spec, names, args.masks_are, args.instance_mode)
     except ValueError as err:
         raise UserError(str(err)) from err
 

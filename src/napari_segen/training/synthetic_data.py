@@ -242,6 +242,23 @@ def check_synthetic(
         _check_synthetic_pair(image, mask, fields, classes, colour)
 
 
+def check_synthetic_for_run(
+    synthetic: SyntheticData,
+    sources: Sequence[Source],
+    start: ModelSpec | None,
+    names: Sequence[str] | None = None,
+    masks_are: str = "auto",
+    instance_mode: str = "boundary",
+    fields: SyntheticFields = SyntheticFields(),
+) -> None:
+    """:func:`check_synthetic` against what a run is known to be before it reads its data:
+    its most classes (:func:`classes_before_reading`, from the ``start`` model's
+    description, the class ``names`` and the mask settings) and the kind of its real
+    images (:func:`real_colour` of ``sources``). What both front ends call."""
+    classes = classes_before_reading(start, names, masks_are, instance_mode, fields)
+    check_synthetic(synthetic, fields, classes=classes, colour=real_colour(sources))
+
+
 def _synthetic_files(source: FolderSource, f: SyntheticFields) -> FolderFiles:
     """The synthetic folders' files paired by name; a ValueError unless every image has its mask."""
     images, masks = Path(source.images), Path(source.masks)

@@ -66,10 +66,8 @@ from ..training.synthetic_data import (
     MAX_SYNTHETIC_SHARE,
     SyntheticData,
     SyntheticFields,
-    check_synthetic,
+    check_synthetic_for_run,
     choose_synthetic,
-    classes_before_reading,
-    real_colour,
 )
 from ..training.synthetic_pretrain import StageStarted, pretrain_path, pretrain_then_fine_tune
 from ..utils.devices import available_devices
@@ -392,11 +390,10 @@ class TrainWidget(Container):
         if job.synthetic is None:
             return
         spec = self._start_spec()  # None when unreadable: the run then says why
-        classes = classes_before_reading(
-            spec, job.class_names, job.masks_are, fields=SYNTHETIC_FIELDS
-        )
-        colour = real_colour(job.sources)
-        check_synthetic(job.synthetic, SYNTHETIC_FIELDS, classes=classes, colour=colour)
+        check_synthetic_for_run(
+            job.synthetic, job.sources, spec, job.class_names, job.masks_are,
+            fields=SYNTHETIC_FIELDS,
+        )  # fmt: skip
 
     def _on_out_edited(self, *_: Any) -> None:
         if not getattr(self, "_setting_out", False):
