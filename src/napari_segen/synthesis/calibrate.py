@@ -20,7 +20,6 @@ No Qt, no napari.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -286,12 +285,15 @@ def iter_calibrate_noise_strength(
 
 
 def _valid_strength(value: Any) -> float | None:
+    """``value`` if it is a strength generation accepts, else None."""
+    from .generate import check_noise_strength
+
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    if not math.isfinite(value) or not 0 <= value <= MAX_RECOMMENDED_STRENGTH:
+    try:
+        return check_noise_strength(float(value))
+    except ValueError:
         return None
-    return value
 
 
 def _recorded(provenance: Any) -> float:
